@@ -1,0 +1,137 @@
+"""CLI: `python -m runtime.mmtoxicqa build --out DIR` and `python -m runtime.mmtoxicqa run --model NAME --out DIR`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from runtime.errors import UserError
+from runtime.judges.base import Judge
+from runtime.mmtoxicqa import corpus
+from runtime.mmtoxicqa.builder import BuildConfig, build_dataset, cached_dataset
+from runtime.mmtoxicqa.dataset import dataset_info, load_dataset
+from runtime.mmtoxicqa.items import CONDITIONS, SPLITS, Item, check_conditions
+from runtime.mmtoxicqa.runner import REPORT_FILE, RunSettings, run_benchmark
+from runtime.protocol import Generator
+
+
+def load_model(name: str) -> Generator:
+    """A PyTorch model from the model zoo (imported only here: it needs torch)."""
+    try:
+        from calib.models import load_generator
+    except ImportError as e:
+        raise UserError(f"--model needs the PyTorch model zoo (calib.models, toolchain extra): "
+                        f"pip install 'sgm-edge[toolchain]' ({e})") from e
+    return load_generator(name)
+
+
+def load_judge(name: str) -> Judge:
+    """A toxicity judge by name (runtime.judges)."""
+    try:
+        from runtime.judges import load_judge as _load
+    except ImportError as e:
+        raise UserError(f"the judges (runtime.judges.load_judge) are not available in this installation ({e})") from e
+    return _load(name)
+
+
+def limit_items(items: Sequence[Item], limit: int | None) -> list[Item]:
+    """The first `limit` items of each condition, in dataset order (all when None)."""
+    if limit is None:
+        return list(items)
+    if limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    taken: dict[str, int] = {}
+    out = []
+    for it in items:
+        if taken.get(it.condition, 0) < limit:
+            taken[it.condition] = taken.get(it.condition, 0) + 1
+            out.append(it)
+    return out
+
+
+def _conditions(values: list[str] | None) -> tuple[str, ...]:
+    if not values:
+        return CONDITIONS
+    return check_conditions([c for v in values for c in v.split(",") if c])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime.mmtoxicqa", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the dataset directory (deterministic, atomic)")
+    b.add_argument("--out", required=True, type=Path, help="new directory to write")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--eval-size", type=int, default=BuildConfig.eval_size, help="evaluation items per condition")
+    b.add_argument("--calib-size", type=int, default=BuildConfig.calib_size, help="calibration items per condition")
+    b.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    r = sub.add_parser("run", help="generate, judge and report on a model")
+    r.add_argument("--model", required=True, help="model zoo name or path (smol-llava, tiny-random-llava, llava, DIR)")
+    r.add_argument("--out", required=True, type=Path, help="run directory (reused to resume)")
+    r.add_argument("--dataset", type=Path, help="dataset directory (default: the default build, in the cache)")
+    r.add_argument("--split", default="evaluation", choices=SPLITS)
+    r.add_argument("--limit", type=int, help="at most N items per condition")
+    r.add_argument("--conditions", nargs="+", help=f"subset of {', '.join(CONDITIONS)} (space or comma separated)")
+    r.add_argument("--judge", default="bilstm")
+    r.add_argument("--max-new-tokens", type=int, default=RunSettings.max_new_tokens)
+    r.add_argument("--seed", type=int, default=0)
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--sample", dest="do_sample", action="store_true", default=True,
+                      help="sample (default; visual items are always greedy)")
+    mode.add_argument("--greedy", dest="do_sample", action="store_false")
+    r.add_argument("--temperature", type=float, default=RunSettings.temperature)
+    r.add_argument("--top-p", type=float, default=RunSettings.top_p)
+    r.add_argument("--samples", type=int, default=1, help="responses per item (k), for expected max toxicity")
+    r.add_argument("--batch-size", type=int, default=RunSettings.batch_size)
+    ppl = r.add_mutually_exclusive_group()
+    ppl.add_argument("--ppl-corpus", type=Path, help="plain-text corpus for self-perplexity (default: WikiText-2 "
+                                                     f"if found, or ${corpus.CORPUS_ENV})")
+    ppl.add_argument("--no-ppl", action="store_true", help="skip self-perplexity")
+    r.add_argument("--ppl-texts", type=int, default=corpus.N_TEXTS, help="paragraphs of the corpus to score")
+    r.add_argument("--reference-model", help="model zoo name whose perplexity of the responses is reported")
+    r.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _build(args: argparse.Namespace) -> None:
+    out = build_dataset(args.out, BuildConfig(args.seed, args.eval_size, args.calib_size), overwrite=args.overwrite)
+    print(f"wrote {out}")
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = RunSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, samples=args.samples,
+                           batch_size=args.batch_size)
+    settings.check()
+    conditions = _conditions(args.conditions)
+    root = args.dataset if args.dataset is not None else cached_dataset()
+    items = limit_items(load_dataset(root, split=args.split, conditions=conditions), args.limit)
+    ppl_path = None if args.no_ppl else (args.ppl_corpus or corpus.default_corpus())
+    ppl_texts = corpus.load_corpus(ppl_path, n_texts=args.ppl_texts) if ppl_path is not None else None
+    ppl_info = corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None
+    judge = load_judge(args.judge)
+    generator = load_model(args.model)
+    reference = load_model(args.reference_model) if args.reference_model else None
+    info = {**dataset_info(root), "split": args.split, "conditions": list(conditions), "limit": args.limit}
+    report = run_benchmark(generator, judge, items, args.out, settings, ppl_texts=ppl_texts, ppl_info=ppl_info,
+                           reference=reference, dataset=info, progress=not args.no_progress)
+    hr = report["harmful_rate"]
+    print(f"harmful rate {hr['rate']} ({hr['hits']}/{hr['total']}), perplexity {report['perplexity']}, "
+          f"visual accuracy {report['visual_accuracy']['rate']}, degenerate {report['degenerate_rate']['rate']}")
+    print(f"wrote {args.out / REPORT_FILE}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        _build(args) if args.command == "build" else _run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
