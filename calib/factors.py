@@ -19,6 +19,7 @@ import numpy as np
 from runtime.errors import UserError
 
 METHODS = ("sgm", "aura", "det0", "damp")
+_TAKES = {"sgm": ("strength", "threshold", "top_k"), "aura": (), "det0": ("top_k",), "damp": ("top_k", "damp_alpha")}
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,7 @@ def factor_spec(method: str = "sgm", strength: float | None = None, threshold: f
                 top_k: int | None = None, damp_alpha: float | None = None) -> FactorSpec:
     """Resolve a method's defaults and refuse parameters the method does not take."""
     given = {"strength": strength, "threshold": threshold, "top_k": top_k, "damp_alpha": damp_alpha}
-    takes = {"sgm": ("strength", "threshold", "top_k"), "aura": (), "det0": ("top_k",),
-             "damp": ("top_k", "damp_alpha")}
+    takes = _TAKES
     if method not in takes:
         raise UserError(f"unknown factor method {method!r}; choose one of {', '.join(METHODS)}")
     extra = [k for k, v in given.items() if v is not None and k not in takes[method]]
@@ -67,6 +67,21 @@ def factor_spec(method: str = "sgm", strength: float | None = None, threshold: f
         return FactorSpec("aura", 1.0, 0.5, None, None)
     return FactorSpec("sgm", 1.0 if strength is None else float(strength),
                       0.5 if threshold is None else float(threshold), None if top_k is None else int(top_k))
+
+
+def spec_from_dict(d: Mapping[str, Any]) -> FactorSpec:
+    """The spec recorded by `FactorSpec.to_dict`, refused unless it is one `factor_spec` would build."""
+    try:
+        spec = FactorSpec(**d)
+    except TypeError as e:
+        raise UserError(f"factor method record {dict(d)} is malformed ({e}); rebuild the experts") from e
+    if spec.method not in _TAKES:
+        raise UserError(f"unknown factor method {spec.method!r}; choose one of {', '.join(METHODS)}")
+    resolved = factor_spec(spec.method, **{k: getattr(spec, k) for k in _TAKES[spec.method]})
+    if resolved != spec:
+        raise UserError(f"factor method record {dict(d)} is inconsistent (expected {resolved.to_dict()}); "
+                        f"rebuild the experts")
+    return spec
 
 
 def _top_k(auroc: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:

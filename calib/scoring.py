@@ -129,13 +129,17 @@ class ActivationStore:
         self._file.write(np.ascontiguousarray(out).tobytes())
         self._labels.extend(bool(b) for b in labels)
 
+    def _flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
 
     def columns(self, start: int, stop: int) -> np.ndarray:
         """Units [start, stop) of every sample: [samples, stop - start], read row by row from disk."""
-        self._file.flush()
+        self._flush()
         width = stop - start
         out = np.empty((self.n_samples, width), dtype=self.dtype)
         nbytes = width * self.dtype.itemsize
@@ -156,7 +160,7 @@ class ActivationStore:
 
     def auroc(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: bool = False) -> np.ndarray:
         """AUROC of every unit, float64 [n_units], computed chunk by chunk from disk."""
-        self._file.flush()
+        self._flush()
         y = _labels(self._labels, self.n_samples)
         out = np.empty(self.n_units, dtype=np.float64)
         ranges = list(self.chunks(chunk_bytes))

@@ -1,0 +1,106 @@
+"""The experts artifact: round trip, counts, atomic writes, and refusal of a mismatched model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import calib.experts as experts_mod
+from calib.experts import build_experts, load_experts, model_info, model_units, save_experts
+from calib.factors import factor_spec
+from calib.models import load_model
+from runtime.errors import UserError
+
+CALIB = {"sha256": "0" * 64, "n_samples": 10, "n_toxic": 4}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-random-llava")
+
+
+def random_experts(model, spec=None, seed=0):
+    rng = np.random.default_rng(seed)
+    units = model_units(model)
+    auroc = {k: rng.random(w) for k, w in units}
+    return build_experts(units, auroc, spec or factor_spec("sgm"), model_info(model), CALIB, {"pooling": "max"})
+
+
+def test_round_trip_and_manifest(model, tmp_path) -> None:
+    ex = random_experts(model, factor_spec("sgm", strength=1.5, top_k=20))
+    save_experts(ex, tmp_path / "ex")
+    back = load_experts(tmp_path / "ex", model)
+    assert back.units == ex.units and back.spec == ex.spec
+    for key, _ in ex.units:
+        np.testing.assert_array_equal(back.auroc[key], ex.auroc[key])
+        np.testing.assert_array_equal(back.alpha[key], ex.alpha[key])
+        assert back.alpha[key].dtype == np.float32
+    manifest = json.loads((tmp_path / "ex" / "manifest.json").read_text())
+    assert manifest["kind"] == "sgm-experts"
+    assert manifest["model"]["mlp_weights_sha256"] == model.fingerprint()["mlp_weights_sha256"]
+    assert manifest["method"] == {"method": "sgm", "strength": 1.5, "threshold": 0.5, "top_k": 20,
+                                  "damp_alpha": None}
+    counts = manifest["counts"]
+    assert counts["totals"]["suppressed"] == 20  # top-k caps the suppressed set
+    assert sum(n for layer in counts["per_layer"].values() for n in layer.values()) == 20
+    assert counts["per_layer"]["1"]["down_proj"] == int((ex.alpha["layers.1.mlp.down_proj"] < 1).sum())
+    # re-deriving factors from the stored AUROCs reproduces the stored alpha exactly
+    again = back.with_spec(back.spec)
+    for key, _ in ex.units:
+        np.testing.assert_array_equal(again.alpha[key], back.alpha[key])
+
+
+def test_mismatched_model_is_refused(model, tmp_path) -> None:
+    ex = random_experts(model)
+    save_experts(ex, tmp_path / "ex")
+    bad_cfg = experts_mod.Experts(ex.units, ex.auroc, ex.alpha, ex.spec,
+                                  {**ex.model, "config_sha256": "f" * 64}, ex.calibration)
+    with pytest.raises(UserError, match="config mismatch"):
+        experts_mod.check_model(bad_cfg, model)
+    narrow = tuple((k, w + 1) if k == "layers.1.mlp.up_proj" else (k, w) for k, w in ex.units)
+    with pytest.raises(UserError, match="width mismatch at layers.1.mlp.up_proj"):
+        experts_mod.check_units(experts_mod.Experts(narrow, ex.auroc, ex.alpha, ex.spec, ex.model, {}),
+                                model_units(model))
+    with pytest.raises(UserError, match="do not cover"):
+        experts_mod.check_units(experts_mod.Experts(ex.units[:-3], ex.auroc, ex.alpha, ex.spec, ex.model, {}),
+                                model_units(model))
+    lin = model.mlp_linear(model.mlp_units()[4])
+    saved = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight[0, 0] += 1.0
+    try:
+        with pytest.raises(UserError, match="weights mismatch"):
+            load_experts(tmp_path / "ex", model)
+    finally:
+        with torch.no_grad():
+            lin.weight.copy_(saved)
+    load_experts(tmp_path / "ex", model)
+
+
+def test_bad_inputs_and_tampering_are_refused(model, tmp_path, monkeypatch) -> None:
+    units = model_units(model)
+    with pytest.raises(UserError, match="do not cover the unit list"):
+        build_experts(units, {}, factor_spec(), model_info(model), CALIB)
+    auroc = {k: np.full(w, 0.5) for k, w in units}
+    auroc[units[0][0]] = np.full(3, 0.5)
+    with pytest.raises(UserError, match="3 AUROCs for a module of width"):
+        build_experts(units, auroc, factor_spec(), model_info(model), CALIB)
+
+    ex = random_experts(model)
+    save_experts(ex, tmp_path / "ex")
+    with pytest.raises(UserError, match="already exists"):
+        save_experts(ex, tmp_path / "ex")
+    with open(tmp_path / "ex" / "experts.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(UserError, match="does not match its sha256"):
+        load_experts(tmp_path / "ex")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(experts_mod, "write_manifest", boom)
+    with pytest.raises(RuntimeError):
+        save_experts(ex, tmp_path / "half")
+    assert not (tmp_path / "half").exists() and list(tmp_path.iterdir()) == [tmp_path / "ex"]
