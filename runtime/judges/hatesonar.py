@@ -17,7 +17,8 @@ import numpy as np
 from runtime import assets
 from runtime.artifacts import read_manifest, sha256_file
 from runtime.errors import UserError
-from runtime.judges.texts import as_texts
+from runtime.judges.onnx_io import cpu_session, import_onnx
+from runtime.judges.texts import as_texts, check_settings
 
 ASSET = "hatesonar"
 MODEL_MEMBER = "hatesonar/model/model.onnx"
@@ -28,12 +29,7 @@ _PROBABILITIES = "probabilities"
 
 
 def _convert(tmp: Path) -> dict[str, Any]:
-    try:
-        import onnx
-    except ImportError as e:
-        raise UserError("converting the HateSonar judge's ONNX graph needs the onnx package, once per asset cache: "
-                        "`pip install onnx` (or copy a converted cache from a machine that has it, see $SGM_CACHE)"
-                        ) from e
+    onnx = import_onnx("converting the HateSonar judge's graph")
     src = assets.extract(ASSET, MODEL_MEMBER)
     model = onnx.load(str(src))
     graph = model.graph
@@ -68,23 +64,12 @@ class HateSonarJudge:
     name = "hatesonar"
 
     def __init__(self, threshold: float = 0.5, batch_size: int = 256, directory: str | Path | None = None) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise UserError(f"threshold must lie in (0, 1), got {threshold}")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise UserError("the HateSonar judge runs in ONNX Runtime: install it with `pip install sgm-edge[cpu]`"
-                            ) from e
+        check_settings(threshold, batch_size)
         self.threshold = threshold
         self.batch_size = batch_size
         self.directory = Path(directory) if directory is not None else converted()
         self.manifest = read_manifest(self.directory)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.directory / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = cpu_session(self.directory / "model.onnx", self.name)
 
     def class_scores(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), 3]: probabilities of CLASSES, in order."""

@@ -1,4 +1,4 @@
-"""Input checking shared by every judge: a judge takes a sequence of strings and nothing else."""
+"""Input checking shared by the judges: texts must be a sequence of strings, settings must make sense."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,3 +16,11 @@ def as_texts(texts: Sequence[str], judge: str) -> list[str]:
             raise UserError(f"judge {judge!r}: item {i} is {type(t).__name__}, not str; pass the decoded response "
                             f"texts (GenerationResult.text)")
     return items
+
+
+def check_settings(threshold: float, batch_size: int) -> None:
+    """UserError unless 0 < threshold < 1 and batch_size >= 1 (the settings every local judge takes)."""
+    if not 0.0 < threshold < 1.0:
+        raise UserError(f"judge threshold must lie in (0, 1), got {threshold}; 0.5 is the usual choice")
+    if batch_size < 1:
+        raise UserError(f"judge batch_size must be at least 1, got {batch_size}")
