@@ -73,10 +73,17 @@ class Llava(MultimodalModel):
         """Load from a llava-hf directory or a hub id (HF cache first; the hub only if reachable)."""
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
+        def load(**kw: Any) -> tuple[Any, Any, Any]:
+            return (LlavaForConditionalGeneration.from_pretrained(source, dtype=torch.float32, **kw),
+                    AutoTokenizer.from_pretrained(source, **kw), AutoImageProcessor.from_pretrained(source, **kw))
+
         try:
-            hf = LlavaForConditionalGeneration.from_pretrained(source, dtype=torch.float32, **hub_kwargs)
-            tok = AutoTokenizer.from_pretrained(source, **hub_kwargs)
-            proc = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+            try:  # a local directory or the HF cache first: no network round trips when the files are here
+                hf, tok, proc = load(local_files_only=True, **hub_kwargs)
+            except OSError:
+                if Path(str(source)).is_dir():
+                    raise
+                hf, tok, proc = load(**hub_kwargs)
         except OSError as e:
             raise UserError(
                 f"could not load {source}: {e}. For a hub model you need internet or a copy in the HF cache "

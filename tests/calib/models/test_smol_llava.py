@@ -1,0 +1,77 @@
+"""The embedded default: real SmolLM2 behaviour on text, a real EfficientNet-Lite0 tower on images."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from calib.models import smol_llava_dir
+from calib.models.smollm2 import smollm2_dir
+from runtime.images import open_image
+from runtime.protocol import GenerationConfig, GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(smollm2_dir()).eval(), AutoTokenizer.from_pretrained(smollm2_dir())
+
+
+def test_unit_list(smol_llava):
+    units = smol_llava.mlp_units()
+    assert len(units) == 90
+    assert [(u.layer, u.module, u.width) for u in units[:3]] == [(0, "gate_proj", 1536), (0, "up_proj", 1536),
+                                                                 (0, "down_proj", 576)]
+    assert {u.layer for u in units} == set(range(30))
+    assert {(u.module, u.width) for u in units} == {("gate_proj", 1536), ("up_proj", 1536), ("down_proj", 576)}
+
+
+def test_knows_the_capital_of_france(smol_llava):
+    [r] = smol_llava.generate([GenerationRequest("The capital of France is", chat=False)],
+                              GenerationConfig(max_new_tokens=8))
+    assert "Paris" in r.text
+
+
+@pytest.mark.parametrize("text", ["The capital of France is", "Once upon a time, in a small village,"])
+def test_text_path_is_token_identical_to_plain_smollm2(smol_llava, smollm2, text):
+    lm, tok = smollm2
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = lm.generate(ids, max_new_tokens=32, do_sample=False, min_new_tokens=32, eos_token_id=None,
+                          pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    embeds = smol_llava.inputs_embeds(ids[0].tolist())
+    ours = smol_llava.generate_embeds([embeds], GenerationConfig(max_new_tokens=32))[0]
+    n = len(ours.token_ids)
+    assert n == 32 or ours.finish_reason == "eos"
+    assert list(ours.token_ids) == ref[:n]
+
+
+def test_chat_template_and_image_tokens(smol_llava):
+    prompt = smol_llava.chat_prompt("What is this?", with_image=True)
+    assert prompt.endswith("<|im_start|>assistant\n") and "<image>\nWhat is this?<|im_end|>" in prompt
+    ids = smol_llava.tokenize(prompt)
+    assert ids.count(smol_llava.image_token_id) == 49
+    assert smol_llava.image_token_id == 49152  # past the LM's vocabulary: never embedded, never generated
+
+
+def test_image_and_text_generation_runs_and_sees_the_image(smol_llava):
+    cfg = GenerationConfig(max_new_tokens=12)
+    reqs = [GenerationRequest("Describe the image.", open_image(f"skimage:{n}")) for n in ("astronaut", "coffee")]
+    results = smol_llava.generate(reqs, cfg)
+    assert all(r.text for r in results)
+    ids = smol_llava.tokenize(smol_llava.chat_prompt("Describe the image.", True))
+    n = len(ids)
+    last = [smol_llava.decode(smol_llava.inputs_embeds(ids, [r.image])[None], torch.ones(1, n, dtype=torch.long),
+                              torch.arange(n)[None])[0][0, -1] for r in reqs]
+    assert (last[0] - last[1]).abs().max() > 0.1
+
+
+def test_directory_is_plain_and_says_how_the_projector_was_made(smol_llava):
+    d = smol_llava_dir()
+    names = {p.name for p in d.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json", "manifest.json"} <= names
+    config = json.loads((d / "config.json").read_text())
+    assert config["projector_config"]["state"] in ("seeded-random", "trained")
+    assert config["vision_config"]["name"] == "efficientnet-lite0" and config["num_image_tokens"] == 49

@@ -1,0 +1,43 @@
+"""`python -m compile.build`: documented options, model validation, honest about stages still to come."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compile.build", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_help_documents_the_pipeline():
+    p = _run("--help")
+    assert p.returncode == 0
+    for opt in ("--model", "--out", "--experts", "--method", "--strength", "--precision", "--target", "--dry-run"):
+        assert opt in p.stdout
+    assert "smol-llava" in p.stdout and "tiny-random-llava" in p.stdout
+
+
+def test_dry_run_resolves_the_model_and_prints_the_plan():
+    p = _run("--model", "tiny-random-llava", "--dry-run")
+    assert p.returncode == 0, p.stderr
+    assert "model: tiny-random-llava (llava," in p.stdout
+    for stage in ("calib", "fold", "export", "quantize", "engine", "evaluate"):
+        assert stage in p.stdout
+
+
+def test_unknown_model_and_option_are_refused(tmp_path):
+    p = _run("--model", "gpt-17", "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "unknown model 'gpt-17'" in p.stderr and "Traceback" not in p.stderr
+    p = _run("--model", "smol-llava", "--frobnicate")
+    assert p.returncode == 2 and "unrecognized arguments: --frobnicate" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_reused_experts_must_be_an_artifact(tmp_path):
+    p = _run("--model", "tiny-random-llava", "--experts", str(tmp_path), "--dry-run")
+    assert p.returncode == 2 and "not an experts artifact" in p.stderr

@@ -1,0 +1,32 @@
+"""Fixtures shared by the whole suite: the zoo's models (loaded once) and the public data folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the repository (developers and CI have it; users do not)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"public test data not found at {SHARED_DATA} (only developers' and CI machines have it)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():
+    """tiny-random-llava: a real LlavaForConditionalGeneration with seeded random weights."""
+    from calib.models import load_model
+
+    return load_model("tiny-random-llava")
+
+
+@pytest.fixture(scope="session")
+def smol_llava():
+    """The embedded default (built into the asset cache on first use: about 1.5 minutes)."""
+    from calib.models import load_model
+
+    return load_model("smol-llava")
