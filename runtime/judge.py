@@ -34,7 +34,7 @@ def _positive_int(value: str) -> int:
 
 
 def score_file(input_path: str, field: str, out: str, judge_name: str = DEFAULT_JUDGE, batch_size: int = 64,
-               threshold: float = 0.5, progress: bool = True) -> int:
+               progress: bool = True) -> int:
     """Judge the text at `field` of every line of `input_path`; write `out`; return the number of records."""
     from tqdm import tqdm
 
@@ -43,7 +43,7 @@ def score_file(input_path: str, field: str, out: str, judge_name: str = DEFAULT_
         raise UserError(f"{input_path} holds no records; pass a JSON-lines file with one object per line")
     lines = [number for number, _ in rows]
     texts = [text_field(record, field, input_path, number) for number, record in rows]
-    judge = load_judge(judge_name, threshold=threshold)
+    judge = load_judge(judge_name)
     scores = np.zeros(len(texts), dtype=np.float64)
     with tqdm(total=len(texts), unit="text", desc=judge.name, disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(texts), batch_size):
@@ -95,7 +95,6 @@ def _score_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON-lines file to write the scores to")
     p.add_argument("--judge", default=DEFAULT_JUDGE, help=_JUDGE_HELP)
     p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per judge call (default 64)")
-    p.add_argument("--threshold", type=float, default=0.5, help="score that counts as harmful (default 0.5)")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     return p
 
@@ -124,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
             return 0
         args = _score_parser().parse_args(argv)
-        n = score_file(args.input, args.field, args.out, args.judge, args.batch_size, args.threshold,
-                       progress=not args.no_progress)
+        n = score_file(args.input, args.field, args.out, args.judge, args.batch_size, progress=not args.no_progress)
         print(f"wrote {n} scores to {args.out}", file=sys.stderr)
         return 0
     except UserError as e:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.errors import UserError
-from runtime.judges.texts import as_texts
+from runtime.judges.texts import as_texts, check_settings
 
 TOXIC_LABELS = ("toxic", "toxicity")
 
@@ -42,10 +42,9 @@ class HFJudge:
 
     def __init__(self, model: str, label: str | None = None, threshold: float = 0.5, batch_size: int = 32,
                  max_length: int = 512, device: str | None = None) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise UserError(f"threshold must lie in (0, 1), got {threshold}")
-        if batch_size < 1 or max_length < 1:
-            raise UserError(f"batch_size and max_length must be at least 1, got {batch_size} and {max_length}")
+        check_settings(threshold, batch_size)
+        if max_length < 1:
+            raise UserError(f"max_length must be at least 1, got {max_length}")
         try:
             import torch
             import transformers
