@@ -33,7 +33,7 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def score_file(input_path: str, field: str, out: str, judge_name: str = DEFAULT_JUDGE, batch_size: int = 64,
+def score_file(input_path: str, field: str, out: str, judge_name: str = DEFAULT_JUDGE, batch_size: int = 256,
                progress: bool = True) -> int:
     """Judge the text at `field` of every line of `input_path`; write `out`; return the number of records."""
     from tqdm import tqdm
@@ -94,7 +94,7 @@ def _score_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", required=True, help="dotted path of the text in each record, e.g. prompt.text")
     p.add_argument("--out", required=True, help="JSON-lines file to write the scores to")
     p.add_argument("--judge", default=DEFAULT_JUDGE, help=_JUDGE_HELP)
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per judge call (default 64)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="texts per judge call (default 256)")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     return p
 
