@@ -202,6 +202,12 @@ def _split(index: int, groups: list[_Group]) -> str:
     return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
 
 
+def layout(index: int) -> tuple[tuple[SceneObject, ...], str]:
+    """The objects and background of scene `index`, without rendering it (cheap)."""
+    _, objects, background = _spec(index)
+    return objects, background
+
+
 def split_of(index: int) -> str:
     """The split scene `index` belongs to (cheap: no rendering)."""
     groups, _, _ = _spec(index)

@@ -26,13 +26,11 @@ def load_model(name: str) -> Generator:
     return load_generator(name)
 
 
-def load_judge(name: str) -> Judge:
-    """A toxicity judge by name (runtime.judges)."""
-    try:
-        from runtime.judges import load_judge as _load
-    except ImportError as e:
-        raise UserError(f"the judges (runtime.judges.load_judge) are not available in this installation ({e})") from e
-    return _load(name)
+def load_judge(name: str | None) -> Judge:
+    """A toxicity judge by name (runtime.judges; its default when None)."""
+    from runtime.judges import load_judge as _load
+
+    return _load() if name is None else _load(name)
 
 
 def limit_items(items: Sequence[Item], limit: int | None) -> list[Item]:
@@ -73,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="evaluation", choices=SPLITS)
     r.add_argument("--limit", type=int, help="at most N items per condition")
     r.add_argument("--conditions", nargs="+", help=f"subset of {', '.join(CONDITIONS)} (space or comma separated)")
-    r.add_argument("--judge", default="bilstm")
+    r.add_argument("--judge", help="toxicity judge (default: runtime.judges' default, the Jigsaw BiLSTM)")
     r.add_argument("--max-new-tokens", type=int, default=RunSettings.max_new_tokens)
     r.add_argument("--seed", type=int, default=0)
     mode = r.add_mutually_exclusive_group()

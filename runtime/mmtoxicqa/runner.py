@@ -50,7 +50,7 @@ class RunSettings:
     samples: int = 1
     batch_size: int = 8
     visual_max_new_tokens: int = 16
-    threshold: float = metrics.THRESHOLD
+    threshold: float | None = None  # harmful when score >= threshold; None: the judge's own, else 0.5
 
     def check(self) -> None:
         if self.max_new_tokens < 1 or self.visual_max_new_tokens < 1:
@@ -62,6 +62,8 @@ class RunSettings:
                             f"responses; use --sample, or --samples 1")
         if not (0.0 < self.top_p <= 1.0) or self.temperature <= 0.0:
             raise UserError("--top-p must be in (0, 1] and --temperature > 0")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise UserError(f"the harmful threshold must lie in (0, 1], got {self.threshold}")
 
     def samples_for(self, condition: str) -> int:
         return 1 if condition == "visual" else self.samples
@@ -162,6 +164,8 @@ def run_benchmark(generator: Generator, judge: Judge, items: Sequence[Item], out
     if len(set(ids)) != len(ids):
         raise UserError("item ids are not unique; the dataset is corrupt, rebuild it")
     started = time.perf_counter()
+    threshold = float(settings.threshold if settings.threshold is not None
+                      else getattr(judge, "threshold", metrics.THRESHOLD))
     out = Path(out)
     _prepare_out(out)
     model, judge_info = generator.describe(), judge.describe()
@@ -188,7 +192,7 @@ def run_benchmark(generator: Generator, judge: Judge, items: Sequence[Item], out
 
     ppl = _self_perplexity(generator, cache, done, ppl_texts) if ppl_texts else None
     report: dict[str, Any] = {"format": REPORT_FORMAT, "format_version": REPORT_VERSION}
-    report.update(summarize(items, results, settings.threshold))
+    report.update(summarize(items, results, threshold))
     report["perplexity"] = ppl
     report["perplexity_corpus"] = ppl_info if ppl_texts else None
     if not ppl_texts:
@@ -201,14 +205,14 @@ def run_benchmark(generator: Generator, judge: Judge, items: Sequence[Item], out
         report["reference"] = reference.describe()
     report.update({
         "model": model, "judge": judge_info, "dataset": dataset,
-        "settings": {**asdict(settings), "settings_hash": key,
+        "settings": {**asdict(settings), "threshold": threshold, "settings_hash": key,
                      "generation": {c: {**settings.config(c, settings.seed).to_dict(), "seed": "per batch",
                                         "samples": settings.samples_for(c)}
                                     for c in sorted({it.condition for it in items})}},
         "items_from_cache": resumed, "items_generated": len(items) - resumed,
         "generation_time_s": round(gen_seconds, 3), "wall_time_s": round(time.perf_counter() - started, 3),
     })
-    rows = generation_rows(items, results, settings.threshold)
+    rows = generation_rows(items, results, threshold)
     _write_atomic(out / GENERATIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     _write_atomic(out / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_manifest(out, REPORT_FORMAT, format_version=REPORT_VERSION, settings_hash=key,
