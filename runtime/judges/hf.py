@@ -79,17 +79,19 @@ class HFJudge:
         self.transformers_version = transformers.__version__
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        """P(toxic label) per text, in order."""
+        """P(toxic label) per text, in order. Batches group texts of similar length, so little is padding."""
         items = as_texts(texts, self.name)
         out = np.zeros(len(items), dtype=np.float32)
+        order = np.argsort([len(t) for t in items], kind="stable")
         torch = self.torch
         for start in range(0, len(items), self.batch_size):
-            batch = self.tokenizer(items[start:start + self.batch_size], padding=True, truncation=True,
+            rows = order[start:start + self.batch_size]
+            batch = self.tokenizer([items[i] for i in rows], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 logits = self.model(**batch).logits.float()
             probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-            out[start:start + len(logits)] = probs[:, self.index].cpu().numpy()
+            out[rows] = probs[:, self.index].cpu().numpy()
         return out
 
     def describe(self) -> dict[str, Any]:
