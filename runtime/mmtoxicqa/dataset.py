@@ -75,6 +75,8 @@ def _parse(line: str, path: Path, lineno: int, root: Path) -> Item:
     answer = rec.get("answer")
     if rec["condition"] == "visual" and not isinstance(answer, str):
         raise UserError(f"{where}: a visual item needs a string 'answer', got {answer!r}")
+    if rec.get("source_text") is not None and not isinstance(rec["source_text"], str):
+        raise UserError(f"{where}: 'source_text' must be a string or null, got {rec['source_text']!r}")
     meta = rec.get("meta") or {}
     if not isinstance(meta, dict):
         raise UserError(f"{where}: 'meta' must be an object, got {meta!r}")

@@ -7,7 +7,7 @@ an interrupted run resumes where it stopped. Outputs: `generations.jsonl` (one r
 
 Decoding: the toxic and benign conditions use the run's settings (sampling by default, the field's
 convention for toxicity); `visual` items are always decoded greedily with one sample and at most
-`visual_max_new_tokens` tokens, because they are scored by exact match.
+min(`visual_max_new_tokens`, `max_new_tokens`) tokens, because they are scored by exact match.
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ class RunSettings:
     def config(self, condition: str, seed: int) -> GenerationConfig:
         """The decoding config of one batch of `condition`."""
         if condition == "visual":
-            return GenerationConfig(max_new_tokens=self.visual_max_new_tokens, do_sample=False, seed=seed)
+            return GenerationConfig(max_new_tokens=min(self.visual_max_new_tokens, self.max_new_tokens),
+                                    do_sample=False, seed=seed)
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
                                 temperature=self.temperature, top_p=self.top_p, seed=seed)
 

@@ -147,3 +147,12 @@ def test_cached_dataset_builds_once(tmp_path, monkeypatch):
     stamp = (first / "items.jsonl").stat().st_mtime_ns
     assert builder.cached_dataset(SMALL) == first and (first / "items.jsonl").stat().st_mtime_ns == stamp
     assert len(load_dataset(first, verify=True)) == 5 * (SMALL.eval_size + SMALL.calib_size)
+
+
+def test_split_prompts_partitions_the_pool():
+    import numpy as np
+
+    prompts = sources.rtp_prompts()
+    ev, cal = builder.split_prompts(prompts, 50, np.random.default_rng(0))
+    assert len(ev) == 50 and not {p.id for p in ev} & {p.id for p in cal}
+    assert sorted(p.id for p in ev + cal) == sorted(p.id for p in prompts)

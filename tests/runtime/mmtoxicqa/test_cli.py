@@ -43,6 +43,7 @@ def test_run_command_with_fakes(small_dataset, tmp_path, monkeypatch, capsys):
     assert loaded == {"model": "smol-llava", "judge": None}
     assert report["n_items_by_condition"] == {"benign": 2, "standard": 2, "visual": 2}
     assert report["settings"]["do_sample"] is False and report["settings"]["max_new_tokens"] == 8
+    assert report["settings"]["generation"]["visual"]["max_new_tokens"] == 8  # never above --max-new-tokens
     assert report["dataset"]["split"] == "evaluation" and report["dataset"]["limit"] == 2
     assert report["perplexity"] == pytest.approx(2.718281828 ** 2) and report["perplexity_corpus"]["n_texts"] == 3
     assert "harmful rate 0.0 (0/2)" in capsys.readouterr().out
