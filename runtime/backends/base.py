@@ -1,0 +1,54 @@
+"""The one interface every backend implements: run a bundle's three graphs (vision, embed, decoder).
+
+The generation loop (runtime.generate) only talks to this interface, so ONNX Runtime (runtime.backends.ort)
+and TensorRT backends are interchangeable behind it. Arrays crossing the interface are numpy on the host;
+the KV cache is an opaque `KVCache` whose tensors stay wherever the backend keeps them (device memory on a
+GPU), so a decode step moves only the new token's embedding, the mask and the logits across.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Past keys and values of every layer for a batch: `length` positions, tensors owned by the backend."""
+
+    batch: int
+    length: int
+    tensors: tuple[Any, ...]
+
+
+class Backend(ABC):
+    """Runs the vision, embed and decoder graphs of one bundle."""
+
+    name: str
+
+    @abstractmethod
+    def vision(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Pixel values [n, 3, S, S] float32 -> image embeddings [n, num_image_tokens, hidden]."""
+
+    @abstractmethod
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        """Token ids [b, s] int64 (no image ids) -> embeddings [b, s, hidden]."""
+
+    @abstractmethod
+    def empty_cache(self, batch: int) -> KVCache:
+        """A KV cache with no positions, for the prefill of a batch of `batch` sequences."""
+
+    @abstractmethod
+    def decode(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+               cache: KVCache, last_only: bool = True) -> tuple[np.ndarray, KVCache]:
+        """One decoder run: (logits, the cache extended by the new positions).
+
+        `attention_mask` [b, cache.length + s] int64 covers past and new positions; `position_ids` [b, s] int64.
+        Logits are float32 [b, V] for the last position with `last_only`, else [b, s, V].
+        """
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The backend, its devices and settings, for reports."""

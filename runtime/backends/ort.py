@@ -1,0 +1,204 @@
+"""ONNX Runtime backend: one InferenceSession per graph, execution providers chosen by the user.
+
+Providers are given in priority order by short name (cpu, cuda, tensorrt) or ORT name; CPU is always the
+last fallback for nodes a provider cannot take. A provider this onnxruntime build lacks, or one that fails
+to start (ORT silently falls back to CPU), is an error rather than a quiet slowdown.
+
+The decoder runs through IO binding: the present key/values it produces stay as ORT-owned OrtValues
+(on the device of the first provider) and are bound as the next step's past without a copy to numpy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from runtime.backends.base import Backend, KVCache
+from runtime.bundle import Bundle
+from runtime.errors import UserError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+          "tensor(int32)": np.int32}
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Session settings: providers in priority order, threads, graph optimization, per-provider options."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int | None = None  # intra-op threads; None: every core the process may use
+    optimization: str = "all"
+    provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    log_severity: int = 3
+
+    def intra_op_threads(self) -> int:
+        if self.threads is not None:
+            if self.threads < 1:
+                raise UserError(f"threads must be >= 1, got {self.threads}")
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise UserError("the runtime needs ONNX Runtime: pip install 'sgm-edge[cpu]' (or [gpu] for CUDA/TensorRT)") from e
+    return onnxruntime
+
+
+def resolve_providers(names: Sequence[str], provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+                      available: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """ORT (provider, options) pairs for user-given names, CPU appended; unknown or unavailable names are errors."""
+    if not names:
+        raise UserError("no execution provider given; choose from " + ", ".join(sorted(PROVIDERS)))
+    if available is None:
+        available = _import_ort().get_available_providers()
+    provider_options = provider_options or {}
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name in names:
+        ort_name = PROVIDERS.get(name.lower(), name if name in PROVIDERS.values() else None)
+        if ort_name is None:
+            raise UserError(f"unknown execution provider {name!r}; choose from "
+                            f"{', '.join(sorted(PROVIDERS))} (or the ORT names {', '.join(sorted(set(PROVIDERS.values())))})")
+        if ort_name not in available:
+            hint = " (install onnxruntime-gpu instead of onnxruntime: pip install 'sgm-edge[gpu]')" \
+                if ort_name in _DEVICE else ""
+            raise UserError(f"execution provider {name!r} ({ort_name}) is not in this onnxruntime build; "
+                            f"available: {', '.join(available)}{hint}")
+        if ort_name not in (p for p, _ in out):
+            short = next(k for k, v in PROVIDERS.items() if v == ort_name)
+            opts = dict(provider_options.get(short, provider_options.get(ort_name, {})))
+            out.append((ort_name, opts))
+    if "CPUExecutionProvider" not in (p for p, _ in out):
+        out.append(("CPUExecutionProvider", {}))
+    return out
+
+
+class OrtBackend(Backend):
+    """A bundle's three graphs in ONNX Runtime sessions."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, options: OrtOptions = OrtOptions()):
+        ort = _import_ort()
+        self.bundle = bundle
+        self.options = options
+        if options.optimization not in _OPT_LEVELS:
+            raise UserError(f"graph optimization {options.optimization!r} is not one of {', '.join(_OPT_LEVELS)}")
+        self._providers = resolve_providers(options.providers, options.provider_options)
+        primary = self._providers[0][0]
+        self.device = _DEVICE.get(primary, "cpu")
+        self.device_id = int(self._providers[0][1].get("device_id", 0))
+        spec = bundle.spec
+        self._sessions = {g: self._session(ort, bundle.graph_path(g), g) for g in spec.graphs}
+        self._past = spec.decoder.past_names(spec.num_layers)
+        self._present = spec.decoder.present_names(spec.num_layers)
+        self._check_io()
+        dec = self._sessions["decoder"]
+        types = {i.name: i.type for i in dec.get_inputs()}
+        self._embeds_dtype = _NUMPY.get(types[spec.decoder.inputs_embeds], np.float32)
+        self._kv_dtype = _NUMPY.get(types[self._past[0]], np.float32)
+        self._vision_dtype = _NUMPY.get({i.name: i.type for i in self._sessions["vision"].get_inputs()}
+                                        [spec.vision.input], np.float32)
+
+    def _session(self, ort: Any, path: Path, graph: str) -> Any:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.options.intra_op_threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = self.options.log_severity
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.options.optimization]
+        names = [p for p, _ in self._providers]
+        try:
+            session = ort.InferenceSession(str(path), so, providers=names,
+                                           provider_options=[o for _, o in self._providers])
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types; all mean a bad graph here
+            raise UserError(f"ONNX Runtime cannot load the {graph} graph {path} ({type(e).__name__}: {e}); "
+                            "rebuild the bundle") from e
+        if names[0] not in session.get_providers():
+            raise UserError(f"ONNX Runtime could not start {names[0]} for the {graph} graph (it fell back to "
+                            f"{', '.join(session.get_providers())}); check the CUDA/cuDNN/TensorRT libraries "
+                            "this onnxruntime build needs, or choose --provider cpu")
+        return session
+
+    def _check_io(self) -> None:
+        spec = self.bundle.spec
+        d = spec.decoder
+        wanted = {
+            "vision": ([spec.vision.input], [spec.vision.output]),
+            "embed": ([spec.embed.input], [spec.embed.output]),
+            "decoder": ([d.inputs_embeds, d.attention_mask, d.position_ids, *self._past], [d.logits, *self._present]),
+        }
+        for graph, (inputs, outputs) in wanted.items():
+            s = self._sessions[graph]
+            have_in = {i.name for i in s.get_inputs()}
+            have_out = {o.name for o in s.get_outputs()}
+            missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+            extra = sorted(have_in - set(inputs))
+            if missing or extra:
+                raise UserError(f"the {graph} graph does not match runtime.json: "
+                                + (f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "")
+                                + ("; " if missing and extra else "")
+                                + (f"unexpected inputs {', '.join(extra[:4])}" if extra else "")
+                                + "; rebuild the bundle")
+
+    def vision(self, pixel_values: np.ndarray) -> np.ndarray:
+        io = self.bundle.spec.vision
+        x = np.ascontiguousarray(pixel_values, dtype=self._vision_dtype)
+        return self._sessions["vision"].run([io.output], {io.input: x})[0]
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        io = self.bundle.spec.embed
+        return self._sessions["embed"].run([io.output], {io.input: np.ascontiguousarray(input_ids, dtype=np.int64)})[0]
+
+    def empty_cache(self, batch: int) -> KVCache:
+        from onnxruntime import OrtValue
+
+        spec = self.bundle.spec
+        empty = np.zeros((batch, spec.num_kv_heads, 0, spec.head_dim), dtype=self._kv_dtype)
+        tensors = tuple(OrtValue.ortvalue_from_numpy(empty, self.device, self.device_id) for _ in self._past)
+        return KVCache(batch=batch, length=0, tensors=tensors)
+
+    def decode(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+               cache: KVCache, last_only: bool = True) -> tuple[np.ndarray, KVCache]:
+        d = self.bundle.spec.decoder
+        b, s = inputs_embeds.shape[:2]
+        if attention_mask.shape != (b, cache.length + s) or position_ids.shape != (b, s) or cache.batch != b:
+            raise ValueError(f"decoder inputs do not line up: embeds {inputs_embeds.shape}, mask "
+                             f"{attention_mask.shape}, positions {position_ids.shape}, cache {cache.batch}x{cache.length}")
+        session = self._sessions["decoder"]
+        io = session.io_binding()
+        io.bind_cpu_input(d.inputs_embeds, np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype))
+        io.bind_cpu_input(d.attention_mask, np.ascontiguousarray(attention_mask, dtype=np.int64))
+        io.bind_cpu_input(d.position_ids, np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in zip(self._past, cache.tensors):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output(d.logits, "cpu")
+        for name in self._present:
+            io.bind_output(name, self.device, self.device_id)
+        session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        logits = outputs[0].numpy()
+        logits = logits[:, -1] if last_only else logits
+        return logits.astype(np.float32, copy=False), KVCache(b, cache.length + s, tuple(outputs[1:]))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "providers": [p for p, _ in self._providers], "device": self.device,
+                "intra_op_threads": self.options.intra_op_threads(), "optimization": self.options.optimization}
