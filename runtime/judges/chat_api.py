@@ -165,8 +165,11 @@ class ChatAPIJudge:
         items = as_texts(texts, self.name)
         if not items:
             return np.zeros(0, dtype=np.float32)
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(items))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self.workers, len(items)))
+        try:
             scores = list(pool.map(lambda t: parse_verdict(self._post(t)), items))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # after a failure, send no more requests
         return np.asarray(scores, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
