@@ -106,7 +106,8 @@ def test_other_models_get_the_moderation_prompt(server: _Server) -> None:
 
 def test_errors_name_the_problem(server: _Server) -> None:
     with pytest.raises(UserError, match="HTTP 404.*not found.*'other'"):
-        ChatAPIJudge(server.url, "other").score(["hi"])
+        ChatAPIJudge(server.url, "other", workers=1).score(["hi"] * 20)
+    assert len(server.requests) <= 3  # the first failure stops the remaining requests
     server.answer = "I cannot help with that."
     with pytest.raises(UserError, match="neither 'safe' nor 'unsafe'"):
         ChatAPIJudge(server.url, "llama-guard").score(["hi"])
