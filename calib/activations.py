@@ -50,6 +50,14 @@ def layout(model: Any, sample: CalibSample, max_response_tokens: int | None = No
     return Layout(list(prompt_ids), list(response))
 
 
+def _embeds(model: Any, sample: CalibSample, lay: Layout) -> torch.Tensor:
+    """[s, hidden]: the prompt with its image spliced in, then the response tokens embedded as generation
+    embeds them (a generated id that happens to be the image token stays a plain token)."""
+    prompt = model.inputs_embeds(lay.prompt_ids, [sample.image] if sample.image is not None else [])
+    response = model.embed_tokens(torch.tensor(lay.response_ids, dtype=torch.long)[None])[0]
+    return torch.cat([prompt, response.to(prompt.dtype)], dim=0)
+
+
 class _Pooler:
     """Forward hooks that pool every hooked module's output over the current batch's response positions."""
 
@@ -113,8 +121,7 @@ def collect(model: Any, samples: Sequence[CalibSample], store_path: str | os.Pat
     try:
         with _Pooler(model, pooling) as pooler:
             for batch in batches:
-                embeds = [model.inputs_embeds(lay.prompt_ids + lay.response_ids,
-                                              [s.image] if s.image is not None else []) for s, lay in batch]
+                embeds = [_embeds(model, s, lay) for s, lay in batch]
                 b, length = len(batch), max(e.shape[0] for e in embeds)
                 x = embeds[0].new_zeros((b, length, embeds[0].shape[-1]))
                 attention = torch.zeros((b, length), dtype=torch.long)

@@ -12,10 +12,11 @@ naming the mismatch. `python -m calib.experts --model NAME --out DIR` builds one
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -195,3 +196,163 @@ def check_model(experts: Experts, model: Any) -> None:
         raise UserError(f"weights mismatch: the hooked MLP weights of {model.name} differ from those the experts "
                         f"were made for ({made_for}): another checkpoint, or factors already folded in; "
                         f"rebuild the experts for this model, or load the unfolded checkpoint")
+
+
+# --- CLI: python -m calib.experts --------------------------------------------------------------------------
+DEFAULT_CONDITIONS = ("standard", "jailbreak", "typographic", "benign")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m calib.experts",
+        description="Score every MLP unit of a model's decoder for toxicity (AUROC) on a labelled calibration set "
+                    "and write the experts artifact (auroc + alpha per module, manifest).")
+    p.add_argument("--model", required=True, help="model zoo name or path (smol-llava, llava, tiny-random-llava, DIR)")
+    p.add_argument("--out", required=True, help="experts directory to write (atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    m = p.add_argument_group("factors")
+    m.add_argument("--method", default="sgm", choices=("sgm", "aura", "det0", "damp"))
+    m.add_argument("--strength", type=float, help="sgm: s in alpha = clip(1 - s (2 AUROC - 1), 0, 1) (default 1)")
+    m.add_argument("--threshold", type=float, help="sgm: suppress only units with AUROC above this (default 0.5)")
+    m.add_argument("--top-k", type=int, help="sgm: cap on suppressed units; det0/damp: units to suppress")
+    m.add_argument("--damp-alpha", type=float, help="damp: the fixed alpha (default 0.5)")
+    m.add_argument("--auroc-from", help="reuse the AUROCs of this experts directory (same model) instead of "
+                                        "collecting again: only the factors are recomputed")
+    c = p.add_argument_group("calibration set")
+    c.add_argument("--calib", default="mmtoxicqa",
+                   help="mmtoxicqa (the model's own judged responses on the calibration split, default), "
+                        "rtp:FILE (RealToxicityPrompts JSONL) or jigsaw:FILE (Jigsaw-style CSV)")
+    c.add_argument("--dataset", help="MM-TOXIC-QA dataset directory (default: the default build in the asset cache)")
+    c.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="calibration conditions, comma separated")
+    c.add_argument("--limit", type=int, help="at most N items per condition (mmtoxicqa) or N samples per class (text)")
+    c.add_argument("--samples-per-item", type=int, default=2, help="responses sampled per calibration item")
+    c.add_argument("--max-new-tokens", type=int, default=48)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--judge", help="toxicity judge for the responses (default: runtime.judges' default)")
+    c.add_argument("--responses", help="response cache JSONL (default: in the asset cache)")
+    c.add_argument("--rtp-text", default="prompt", choices=("prompt", "continuation", "both"))
+    s = p.add_argument_group("scoring")
+    s.add_argument("--pooling", default="max", choices=("max", "mean"))
+    s.add_argument("--max-response-tokens", type=int, default=128)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--store-dtype", default="float32", choices=("float32", "float16"),
+                   help="on-disk activation store (float16 halves the disk, rounds activations)")
+    s.add_argument("--work-dir", help="where the activation store goes (default: system temp)")
+    return p
+
+
+def _limit_by(things: list, group: Callable[[Any], Any], limit: int | None) -> list:
+    """The first `limit` of each group, in order (all when None)."""
+    if limit is None:
+        return list(things)
+    taken: dict[Any, int] = {}
+    out = []
+    for t in things:
+        g = group(t)
+        if taken.get(g, 0) < limit:
+            taken[g] = taken.get(g, 0) + 1
+            out.append(t)
+    return out
+
+
+def _calibration(args: Any, model: Any) -> tuple[list, dict[str, Any]]:
+    """The labelled samples and their provenance for the manifest."""
+    from calib import calibset
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.calib.startswith("rtp:"):
+        samples = _limit_by(calibset.load_rtp(args.calib[4:], text=args.rtp_text), lambda x: x.label, args.limit)
+        return samples, calibset.calibset_info(samples, "rtp", path=str(Path(args.calib[4:]).resolve()),
+                                               text=args.rtp_text)
+    if args.calib.startswith("jigsaw:"):
+        samples = _limit_by(calibset.load_jigsaw_csv(args.calib[7:]), lambda x: x.label, args.limit)
+        return samples, calibset.calibset_info(samples, "jigsaw", path=str(Path(args.calib[7:]).resolve()))
+    if args.calib != "mmtoxicqa":
+        raise UserError(f"unknown --calib {args.calib!r}; use mmtoxicqa, rtp:FILE or jigsaw:FILE")
+    from runtime import assets
+    from runtime.judges import load_judge
+    from runtime.mmtoxicqa import cached_dataset, dataset_info, load_dataset
+    from runtime.protocol import GenerationConfig
+
+    if args.samples_per_item < 1 or args.max_new_tokens < 1:
+        raise UserError("--samples-per-item and --max-new-tokens must be >= 1")
+    root = Path(args.dataset) if args.dataset else cached_dataset()
+    items = load_dataset(root, split="calibration", conditions=args.conditions)
+    items = _limit_by(items, lambda it: it.condition, args.limit)
+    if not items:
+        raise UserError(f"{root} has no calibration items of conditions {args.conditions}")
+    judge = load_judge(args.judge) if args.judge else load_judge()
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, top_p=0.9,
+                              seed=args.seed)
+    safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model.name)
+    cache = Path(args.responses) if args.responses else assets.cache_dir() / "calib-responses" / f"{safe_name}.jsonl"
+    samples = calibset.model_responses(model, items, judge, cache, config=config,
+                                       samples_per_item=args.samples_per_item, batch_size=args.batch_size)
+    by_condition: dict[str, dict[str, int]] = {}
+    for s in samples:
+        row = by_condition.setdefault(s.source.split(":", 1)[1], {"toxic": 0, "nontoxic": 0})
+        row["toxic" if s.label else "nontoxic"] += 1
+    return samples, calibset.calibset_info(
+        samples, "mmtoxicqa", dataset=dataset_info(root), conditions=args.conditions, limit=args.limit,
+        samples_per_item=args.samples_per_item, generation=config.to_dict(), judge=judge.describe(),
+        labels_by_condition=by_condition)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build an experts artifact (see `_parser`); user errors print one line and exit 2."""
+    import sys
+
+    from runtime.cli import run
+
+    def _main(argv: Sequence[str] | None) -> None:
+        args = _parser().parse_args(argv)
+        from calib.factors import factor_spec
+
+        spec = factor_spec(args.method, strength=args.strength, threshold=args.threshold, top_k=args.top_k,
+                           damp_alpha=args.damp_alpha)
+        if Path(args.out).exists() and not args.overwrite:
+            raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
+        from calib.models import load_model
+
+        model = load_model(args.model)
+        if args.auroc_from:
+            experts = load_experts(args.auroc_from, model).with_spec(spec)
+        else:
+            experts = _score(args, model, spec)
+        save_experts(experts, args.out, overwrite=args.overwrite)
+        totals = experts.counts()["totals"]
+        print(f"wrote {args.out}: {totals['suppressed']} of {totals['units']} units suppressed "
+              f"({100 * totals['suppressed_fraction']:.2f}%), min alpha {totals['min_alpha']:.3f}, "
+              f"calibration {experts.calibration.get('n_toxic')} toxic / {experts.calibration.get('n_nontoxic')} "
+              f"non-toxic", file=sys.stderr)
+
+    return run(_main, argv)
+
+
+def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
+    """Collect activations on the calibration set, score every unit, and build the experts."""
+    from calib.activations import collect, store_path_in
+
+    samples, calibration = _calibration(args, model)
+    n_toxic = sum(s.label for s in samples)
+    if n_toxic == 0 or n_toxic == len(samples):
+        raise UserError(f"the calibration set has {n_toxic} toxic of {len(samples)} samples; scoring needs both. "
+                        f"Sample more responses (--samples-per-item), add conditions, or use --calib rtp:FILE")
+    store, summary = collect(model, samples, store_path_in(args.work_dir), pooling=args.pooling,
+                             batch_size=args.batch_size, max_response_tokens=args.max_response_tokens,
+                             store_dtype=args.store_dtype)
+    try:
+        flat = store.auroc(progress=True)
+        by_key = store.split(flat)
+        n_toxic_used = int(store.labels.sum())
+    finally:
+        store.delete()
+    summary.update({"n_toxic_used": n_toxic_used, "n_nontoxic_used": summary["n_used"] - n_toxic_used,
+                    "auroc_median": float(np.median(flat)), "auroc_max": float(flat.max()),
+                    "units_auroc_above_0.5": int((flat > 0.5).sum())})
+    return build_experts(model_units(model), by_key, spec, model_info(model), calibration, summary)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

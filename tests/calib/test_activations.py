@@ -36,7 +36,8 @@ def samples() -> list[CalibSample]:
 def reference_rows(model, sample: CalibSample, pooling: str, whole: bool = False) -> np.ndarray:
     """One sample alone, its module outputs captured by plain hooks and pooled by hand."""
     lay = layout(model, sample)
-    embeds = model.inputs_embeds(lay.prompt_ids + lay.response_ids, [sample.image] if sample.image else [])[None]
+    prompt = model.inputs_embeds(lay.prompt_ids, [sample.image] if sample.image else [])
+    embeds = torch.cat([prompt, model.embed_tokens(torch.tensor([lay.response_ids]))[0]])[None]
     outs = {}
     handles = [model.mlp_linear(u).register_forward_hook(lambda m, i, o, k=u.key: outs.__setitem__(k, o[0]))
                for u in model.mlp_units()]
@@ -69,13 +70,16 @@ def test_pooled_rows_match_unbatched_reference(model, tmp_path, pooling: str) ->
     assert refs == {}
 
 
-def test_prompt_tokens_are_not_pooled(model) -> None:
+def test_prompt_tokens_are_not_pooled(model, tmp_path) -> None:
     s = samples()[0]
     lay = layout(model, s)
     assert lay.prompt_ids == model.tokenize(model.chat_prompt(s.prompt, True))
     assert lay.response_ids == model.tokenizer(s.response, add_special_tokens=False).input_ids
     with_ids = CalibSample("x", s.prompt, "ignored", True, response_ids=(5, 6, 7))
     assert layout(model, with_ids).response_ids == [5, 6, 7]
+    # a generated image-token id in the response is a plain token, not an image slot
+    generated = CalibSample("g", s.prompt, "", True, image=s.image, response_ids=(model.image_token_id, 7))
+    assert collect(model, [generated, samples()[3]], tmp_path / "g.bin", progress=False)[0].n_samples == 2
     assert layout(model, samples()[1], max_response_tokens=2).response_ids == \
         model.tokenizer(samples()[1].response, add_special_tokens=False).input_ids[:2]
     # pooling the response only is not pooling everything (the rows the store gets are checked above)

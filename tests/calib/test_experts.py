@@ -104,3 +104,28 @@ def test_bad_inputs_and_tampering_are_refused(model, tmp_path, monkeypatch) -> N
     with pytest.raises(RuntimeError):
         save_experts(ex, tmp_path / "half")
     assert not (tmp_path / "half").exists() and list(tmp_path.iterdir()) == [tmp_path / "ex"]
+
+
+def test_cli_builds_from_text_set_and_refactors(tmp_path, capsys) -> None:
+    rows = [{"prompt": {"text": t, "toxicity": tox}} for t, tox in
+            [("you are a stupid idiot", 0.95), ("the cat sat on the mat", 0.02), ("shut up, moron", 0.9),
+             ("a red circle and two squares", 0.05), ("what a dumb fool", 0.8), ("paris is in france", 0.01)]]
+    rtp = tmp_path / "rtp.jsonl"
+    rtp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ex"
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(out), "--calib", f"rtp:{rtp}",
+                             "--work-dir", str(tmp_path / "work")]) == 0
+    assert list((tmp_path / "work").iterdir()) == []  # the activation store is removed
+    ex = load_experts(out, load_model("tiny-random-llava"))
+    assert ex.calibration["n_toxic"] == 3 and ex.calibration["source"] == "rtp"
+    assert ex.scoring["pooling"] == "max" and ex.scoring["n_used"] == 6
+    assert "units suppressed" in capsys.readouterr().err
+    det0 = tmp_path / "det0"
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(det0), "--method", "det0",
+                             "--top-k", "7", "--auroc-from", str(out)]) == 0
+    re = load_experts(det0)
+    assert re.counts()["totals"]["suppressed"] == 7 and re.calibration == ex.calibration
+    for key, _ in ex.units:
+        np.testing.assert_array_equal(re.auroc[key], ex.auroc[key])
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(det0), "--method", "det0"]) == 2
+    assert "needs top_k" in capsys.readouterr().err
