@@ -7,7 +7,8 @@ same numbers. Scaling a Linear's output by a vector equals scaling the rows of i
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+import hashlib
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -68,3 +69,37 @@ def suppress(model: Any, factors: Experts | Mapping[str, torch.Tensor]) -> Itera
     finally:
         for _, h in handles:
             h.remove()
+
+
+def scales_sha256(scales: Mapping[str, torch.Tensor]) -> str:
+    """Hash of a set of row scales (keys, shapes and float32 values), to tell interventions apart."""
+    h = hashlib.sha256()
+    for key in sorted(scales):
+        h.update(key.encode())
+        h.update(scales[key].to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Suppressed:
+    """A model with the hook intervention on during every call: a runtime.protocol.Generator, so the
+    MM-TOXIC-QA runner measures the intervened model exactly as it measures any other backend."""
+
+    def __init__(self, model: Any, factors: Experts | Mapping[str, torch.Tensor]) -> None:
+        self.model = model
+        self.scales = _scales_for(model, factors)
+        self.info: dict[str, Any] = {"kind": "hooks", "scales_sha256": scales_sha256(self.scales),
+                                     "modules": len(self.scales),
+                                     "units_suppressed": int(sum(int((s < 1).sum()) for s in self.scales.values()))}
+        if isinstance(factors, Experts):
+            self.info.update(method=factors.spec.to_dict(), calibration_sha256=factors.calibration.get("sha256"))
+
+    def generate(self, requests: Sequence[Any], config: Any, **kwargs: Any) -> list[Any]:
+        with suppress(self.model, self.scales):
+            return self.model.generate(requests, config, **kwargs)
+
+    def nll(self, texts: Sequence[str], **kwargs: Any) -> list[tuple[float, int]]:
+        with suppress(self.model, self.scales):
+            return self.model.nll(texts, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.model.describe(), "intervention": self.info}

@@ -8,9 +8,10 @@ from PIL import Image
 
 from calib.experts import build_experts, model_info, model_units
 from calib.factors import factor_spec
-from calib.intervention import row_scales, suppress
+from calib.intervention import Suppressed, row_scales, suppress
 from calib.models import load_model
 from runtime.errors import UserError
+from runtime.protocol import GenerationConfig, GenerationRequest, Generator
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,21 @@ def test_mismatched_scales_are_refused(model) -> None:
         with suppress(model, {"layers.0.mlp.up_proj": torch.ones(5)}):
             pass
     assert hook_count(model) == 0
+
+
+def test_suppressed_generator(model, inputs) -> None:
+    ex = experts_for(model, factor_spec("aura"))
+    gen = Suppressed(model, ex)
+    assert isinstance(gen, Generator)
+    texts = ["The cat sat on the mat.", "A red circle and two blue squares."]
+    with suppress(model, ex):
+        expected = model.nll(texts)
+        answer = model.generate([GenerationRequest("What is in the image?")], GenerationConfig(max_new_tokens=5))
+    assert gen.nll(texts) == expected != model.nll(texts)
+    assert gen.generate([GenerationRequest("What is in the image?")], GenerationConfig(max_new_tokens=5)) == answer
+    assert hook_count(model) == 0
+    info = gen.describe()["intervention"]
+    assert info["method"]["method"] == "aura" and info["units_suppressed"] == sum(
+        int((a < 1).sum()) for a in ex.alpha.values())
+    other = Suppressed(model, experts_for(model, factor_spec("det0", top_k=3))).describe()["intervention"]
+    assert other["scales_sha256"] != info["scales_sha256"]
