@@ -26,6 +26,7 @@ from statistics import NormalDist
 
 PASS, NOISE, FAIL = "pass", "noise", "FAIL"
 DEFAULT_CONFIDENCE = 0.95
+_EPS = 1e-12  # rates are ratios of counts: 0.06 - 0.04 must count as exactly 2 pp
 
 
 def z_value(confidence: float = DEFAULT_CONFIDENCE) -> float:
@@ -48,7 +49,9 @@ def wilson_interval(hits: float, n: float, confidence: float = DEFAULT_CONFIDENC
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2.0 * n)) / denom
     half = z / denom * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if hits == 0 else max(0.0, centre - half)
+    high = 1.0 if hits == n else min(1.0, centre + half)
+    return low, high
 
 
 def difference_interval(hits_base: float, n_base: float, hits_now: float, n_now: float,
@@ -106,7 +109,7 @@ def rate_verdict(hits_base: float, n_base: float, hits_now: float, n_now: float,
     d, low, high = difference_interval(hits_base, n_base, hits_now, n_now, confidence)
     worse = d if higher_is_worse else -d
     certain = low > 0.0 if higher_is_worse else high < 0.0
-    verdict = PASS if worse <= limit else (FAIL if certain else NOISE)
+    verdict = PASS if worse <= limit + _EPS else (FAIL if certain else NOISE)
     return RateComparison(hits_base / n_base, hits_now / n_now, d, low, high, limit, higher_is_worse, verdict)
 
 
