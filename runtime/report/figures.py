@@ -121,20 +121,23 @@ def toxicity_histogram(runs: Sequence[Run], threshold: float) -> str | None:
 
 
 def expert_heatmap(m: ExpertMap) -> str:
-    """Suppressed units (alpha < 1) per decoder layer and MLP module, counts written in the cells."""
-    fig = _figure(1.6 + 1.5 * len(m.modules), 1.2 + 0.28 * len(m.layers))
+    """Suppressed units (alpha < 1) per MLP module (rows) and decoder layer (columns), counts in the cells."""
+    grid = m.suppressed.T
+    fig = _figure(min(11.5, 2.6 + 0.3 * len(m.layers)), 1.5 + 0.4 * len(m.modules))
     ax = fig.add_subplot()
-    image = ax.imshow(m.suppressed, aspect="auto", cmap="Reds", vmin=0, vmax=max(1, int(m.suppressed.max())))
-    ax.set_xticks(range(len(m.modules)))
-    ax.set_xticklabels(m.modules, fontsize=8)
-    ax.set_yticks(range(len(m.layers)))
-    ax.set_yticklabels([str(layer) for layer in m.layers], fontsize=7)
-    ax.set_ylabel("decoder layer")
-    top = max(1, int(m.suppressed.max()))
-    for (i, j), v in np.ndenumerate(m.suppressed):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > 0.6 * top else "black")
-    fig.colorbar(image, ax=ax, fraction=0.08, label="units suppressed")
-    ax.set_title("suppressed units per layer and module", fontsize=10)
+    top = max(1, int(grid.max()))
+    image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0, vmax=top)
+    ax.set_yticks(range(len(m.modules)))
+    ax.set_yticklabels(m.modules, fontsize=8)
+    ax.set_xticks(range(len(m.layers)))
+    ax.set_xticklabels([str(layer) for layer in m.layers], fontsize=7)
+    ax.set_xlabel("decoder layer")
+    if len(m.layers) <= 40:
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=6.5 if v < 1000 else 5,
+                    color="white" if v > 0.6 * top else "black")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01, label="suppressed")
+    ax.set_title("units suppressed (alpha < 1) per layer and module", fontsize=10)
     return to_data_uri(fig)
 
 
