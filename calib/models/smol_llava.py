@@ -26,6 +26,21 @@ FORMAT_VERSION = 1
 PROJECTOR_SEED = 0
 
 
+def build_projector(hidden_size: int, text_hidden_size: int) -> nn.Sequential:
+    """LLaVA's two-layer MLP from the vision features to the language model's embeddings (random weights)."""
+    return nn.Sequential(nn.Linear(efficientnet.FEATURE_DIM, hidden_size), nn.GELU(),
+                         nn.Linear(hidden_size, text_hidden_size))
+
+
+def seed_projector(projector: nn.Sequential, seed: int = PROJECTOR_SEED) -> nn.Sequential:
+    """Re-initialise `projector` from `seed` (the seeded-random projector when seed = PROJECTOR_SEED)."""
+    torch.manual_seed(seed)
+    for layer in projector:
+        if isinstance(layer, nn.Linear):
+            layer.reset_parameters()
+    return projector
+
+
 class SmolLlavaModule(nn.Module):
     """The torch module: vision_tower -> projector -> language_model (a LlamaForCausalLM)."""
 
@@ -36,8 +51,7 @@ class SmolLlavaModule(nn.Module):
         text = LlamaConfig(**config["text_config"])
         hidden = config["projector_config"]["hidden_size"]
         self.vision_tower = efficientnet.build_tower()
-        self.projector = nn.Sequential(nn.Linear(efficientnet.FEATURE_DIM, hidden), nn.GELU(),
-                                       nn.Linear(hidden, text.hidden_size))
+        self.projector = build_projector(hidden, text.hidden_size)
         self.language_model = LlamaForCausalLM(text)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -125,10 +139,7 @@ class SmolLlava(MultimodalModel):
 def _projector_weights(projector: Path | None, module: SmolLlavaModule) -> str:
     """Load trained projector weights if given; otherwise seed-initialise it. Returns its provenance state."""
     if projector is None:
-        torch.manual_seed(PROJECTOR_SEED)
-        for layer in module.projector:
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()
+        seed_projector(module.projector)
         return "seeded-random"
     from safetensors.torch import load_file
 

@@ -1,0 +1,149 @@
+"""Train smol-llava's projector, evaluate it against the seeded-random one, and write the shippable artifact.
+
+    python -m calib.align --out DIR [--seed 0] [--threads 2]
+
+DIR gets `smol_llava_projector.safetensors` (fp16), `evaluation.json` (every held-out answer and photo
+description) and `manifest.json` (settings, data seed, metrics, sha256 of each file). Shipping it means
+copying DIR to calib/models/assets/, where the smol-llava builder picks it up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+PROJECTOR_FILE = "smol_llava_projector.safetensors"
+EVALUATION_FILE = "evaluation.json"
+KIND = "smol-llava-projector"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m calib.align", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seed", type=int, default=0, help="data, initialisation and shuffling seed")
+    p.add_argument("--scenes", type=int, default=1000, help="training scenes (runtime.scenes train split)")
+    p.add_argument("--photo-views", type=int, default=8, help="views (original + crops/flips) of each photo")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=4, help="images per step (each with all its chats)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
+    p.add_argument("--eval-scenes", type=int, default=50, help="held-out test scenes (3 questions each)")
+    p.add_argument("--novel-scenes", type=int, default=0, help="also evaluate on this many `novel`-split scenes")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 can be faster on a busy machine)")
+    p.add_argument("--feature-cache", type=Path, help="directory to keep vision features between runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _accuracy_table(metrics: dict[str, Any]) -> str:
+    lines = [f"{'split/kind':<16}{'seeded-random':>16}{'trained':>16}"]
+    for split, kinds in metrics["trained"].items():
+        for kind, m in kinds.items():
+            r = metrics["seeded_random"][split][kind]
+            lines.append(f"{split + '/' + kind:<16}{r['accuracy']:>10.1%} ({r['correct']:>2}/{r['n']})"
+                         f"{m['accuracy']:>9.1%} ({m['correct']:>2}/{m['n']})")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole recipe; returns the manifest fields."""
+    import torch
+    from safetensors.torch import save_file
+
+    from calib.align import data, evaluate, features, packing
+    from calib.align.forward import FrozenLM
+    from calib.align.train import TrainConfig, train_projector
+    from calib.models import efficientnet, load_model, smol_llava
+    from runtime.artifacts import atomic_dir, write_manifest
+    from runtime.errors import UserError
+
+    if args.out.exists() and not args.force:
+        raise UserError(f"{args.out} already exists; choose another --out or pass --force to replace it")
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    progress = not args.quiet
+    config = TrainConfig(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         warmup_fraction=args.warmup)
+    t0 = time.perf_counter()
+    model = load_model("smol-llava")
+    samples = data.training_samples(args.scenes, args.photo_views, args.seed)
+    feats = features.cached_encode(model.module.vision_tower, [s.image for s in samples], efficientnet.CACHE_KEY,
+                                   args.feature_cache, progress=progress)
+    t_features = time.perf_counter() - t0
+    layout, encoded = packing.encode_samples(model, samples)
+    lm = FrozenLM(model, layout)
+    hidden = model.config["projector_config"]["hidden_size"]
+    projector = smol_llava.seed_projector(smol_llava.build_projector(hidden, model.config["text_config"]["hidden_size"]),
+                                          args.seed)
+    result = train_projector(projector, lm, layout, encoded, feats, model.pad_token_id, config, progress)
+    shipped = {k: v.to(torch.float16).contiguous() for k, v in result.state.items()}
+    print(f"trained in {result.seconds / 60:.1f} min: loss {result.losses[0]:.3f} -> "
+          f"{sum(result.losses[-10:]) / len(result.losses[-10:]):.3f} (mean of the last 10 steps)", flush=True)
+
+    t1 = time.perf_counter()
+    splits = {"test": evaluate.heldout_questions(args.eval_scenes, args.seed, "test")}
+    if args.novel_scenes:
+        splits["novel"] = evaluate.heldout_questions(args.novel_scenes, args.seed, "novel")
+    text_hidden = model.config["text_config"]["hidden_size"]
+    random_state = smol_llava.seed_projector(smol_llava.build_projector(hidden, text_hidden)).state_dict()
+    report: dict[str, Any] = {}
+    for name, state in (("seeded_random", random_state), ("trained", shipped)):
+        model.module.projector.load_state_dict({k: v.float() for k, v in state.items()})
+        report[name] = {split: evaluate.visual_accuracy(model, qs, f"{name} {split}", progress)
+                        for split, qs in splits.items()}
+    photos = evaluate.describe_photos(model, progress)
+    t_eval = time.perf_counter() - t1
+    metrics = {name: {split: r["by_kind"] for split, r in per.items()} for name, per in report.items()}
+    print(_accuracy_table(metrics))
+    for p in photos:
+        print(f"  {p['photo']:<22}{'(trained on)' if p['trained_on'] else '(held out)':<14}{p['description']}")
+
+    fields = {
+        "architecture": model.config["projector_config"]["type"],
+        "keys": sorted(shipped), "dtype": "float16",
+        "base": {"language_model": "SmolLM2-135M-Instruct",
+                 "vision_tower": model.config["vision_config"]["source"], "frozen": ["vision_tower", "language_model"]},
+        "data": {"seed": args.seed, "train_scenes": args.scenes, "scene_split": "train",
+                 "photos": [p.name for p in data.PHOTOS], "photo_views": args.photo_views,
+                 "heldout_photos": [p.name for p in data.HELDOUT_PHOTOS], "eval_split": "test",
+                 "eval_scenes": args.eval_scenes, "novel_scenes": args.novel_scenes,
+                 "turns_per_scene": "caption + one colour, shape and count question",
+                 "short_answer_suffix": data.SHORT_SUFFIX.strip()},
+        "training": {**config.to_dict(), "steps": len(result.losses), "optimizer": "AdamW, linear warm-up, cosine",
+                     "loss": "cross-entropy on answer tokens (+ <|im_end|>), each chat weighted equally",
+                     "threads": args.threads, "torch": torch.__version__, "machine": platform.machine()},
+        "losses": [round(x, 4) for x in result.losses],
+        "metrics": {"accuracy": metrics, "photo_descriptions": photos,
+                    "evaluation": "greedy, exact match on the normalised answer (calib.align.evaluate)"},
+        "wall_seconds": {"features_and_load": round(t_features, 1), "training": round(result.seconds, 1),
+                         "evaluation": round(t_eval, 1)},
+    }
+    with atomic_dir(args.out, overwrite=args.force) as tmp:
+        save_file(shipped, str(tmp / PROJECTOR_FILE), metadata={"format": "pt"})
+        (tmp / EVALUATION_FILE).write_text(json.dumps({name: {s: r["responses"] for s, r in per.items()}
+                                                       for name, per in report.items()}, indent=1) + "\n")
+        write_manifest(tmp, KIND, **fields)
+    print(f"wrote {args.out} (training {result.seconds / 60:.1f} min, evaluation {t_eval / 60:.1f} min)")
+    return fields
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from runtime.errors import UserError
+
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

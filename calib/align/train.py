@@ -1,0 +1,97 @@
+"""Train the projector alone: AdamW with linear warm-up and cosine decay, deterministic for a seed."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from calib.align.forward import FrozenLM
+from calib.align.packing import EncodedSample, Layout, pack
+from runtime.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the data settings live with the data)."""
+
+    seed: int = 0
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not (self.lr > 0 and 0 <= self.warmup_fraction < 1 and self.weight_decay >= 0 and self.grad_clip > 0):
+            raise UserError("lr and grad_clip must be > 0, warmup_fraction in [0, 1), weight_decay >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """The trained projector's state, the loss of every step and the wall time in seconds."""
+
+    state: dict[str, torch.Tensor]
+    losses: list[float]
+    seconds: float
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def batches(n: int, config: TrainConfig) -> list[list[int]]:
+    """Sample indices per step: a seeded permutation per epoch, cut into batches (the last may be short)."""
+    g = torch.Generator().manual_seed(config.seed)
+    out = []
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=g).tolist()
+        out += [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
+    return out
+
+
+def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples: Sequence[EncodedSample],
+                    features: torch.Tensor, pad_id: int, config: TrainConfig, progress: bool = True,
+                    on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train `projector` (in place) on `samples`, whose image features are rows of `features`."""
+    if not samples:
+        raise UserError("no training samples")
+    if features.shape[0] <= max(s.feature_index for s in samples):
+        raise UserError(f"features has {features.shape[0]} rows but the samples index beyond them")
+    plan = batches(len(samples), config)
+    warmup = max(1, round(config.warmup_fraction * len(plan)))
+    opt = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, len(plan), warmup))
+    projector.train()
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(plan, desc="projector", unit="step", disable=not progress)
+    for step, idx in enumerate(bar):
+        batch = pack(layout, [samples[i] for i in idx], pad_id)
+        embeds = projector(features[batch.feature_index].float())
+        loss = lm.loss(embeds, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(projector.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if on_step is not None:
+            on_step(step, losses[-1])
+    projector.eval()
+    state = {k: v.detach().clone() for k, v in projector.state_dict().items()}
+    return TrainResult(state, losses, time.perf_counter() - start)
