@@ -179,8 +179,10 @@ class BundleGenerator:
         """Provenance for reports: the bundle's model, content hash and dtype, and the backend's providers."""
         backend = {k: v for k, v in self.backend.describe().items() if k in ("backend", "providers", "device")}
         out = {**backend, "model": self.spec.model, "dtype": self.spec.dtype, "bundle_sha256": self.bundle.fingerprint}
-        if "provenance" in self.bundle.manifest:
-            out["provenance"] = self.bundle.manifest["provenance"]
+        source = self.bundle.manifest.get("model")
+        if isinstance(source, dict):  # the exporter's record of the PyTorch model: fingerprints, fold, experts
+            out["source"] = {k: source[k] for k in ("name", "config_sha256", "mlp_weights_sha256", "folded",
+                                                     "experts") if k in source}
         return out
 
 

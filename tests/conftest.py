@@ -1,6 +1,9 @@
 """Fixtures shared by the whole suite: the zoo's models (loaded once) and the public data folder."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +33,14 @@ def smol_llava():
     from calib.models import load_model
 
     return load_model("smol-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """An fp32 bundle of tiny-random-llava written by `python -m compile.export` (about 40 s, once per session)."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny-random-llava"
+    p = subprocess.run([sys.executable, "-m", "compile.export", "--model", "tiny-random-llava", "--out", str(out)],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, f"compile.export failed:\n{p.stderr[-4000:]}"
+    return out

@@ -41,6 +41,7 @@ class OrtOptions:
     optimization: str = "all"
     provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_severity: int = 3
+    io_binding: bool = True  # False: plain session.run with numpy in and out (for comparison and debugging)
 
     def intra_op_threads(self) -> int:
         if self.threads is not None:
@@ -173,6 +174,8 @@ class OrtBackend(Backend):
 
         spec = self.bundle.spec
         empty = np.zeros((batch, spec.num_kv_heads, 0, spec.head_dim), dtype=self._kv_dtype)
+        if not self.options.io_binding:
+            return KVCache(batch=batch, length=0, tensors=(empty,) * len(self._past))
         tensors = tuple(OrtValue.ortvalue_from_numpy(empty, self.device, self.device_id) for _ in self._past)
         return KVCache(batch=batch, length=0, tensors=tensors)
 
@@ -183,22 +186,33 @@ class OrtBackend(Backend):
         if attention_mask.shape != (b, cache.length + s) or position_ids.shape != (b, s) or cache.batch != b:
             raise ValueError(f"decoder inputs do not line up: embeds {inputs_embeds.shape}, mask "
                              f"{attention_mask.shape}, positions {position_ids.shape}, cache {cache.batch}x{cache.length}")
+        feed = {d.inputs_embeds: np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype),
+                d.attention_mask: np.ascontiguousarray(attention_mask, dtype=np.int64),
+                d.position_ids: np.ascontiguousarray(position_ids, dtype=np.int64)}
+        if self.options.io_binding:
+            logits, *present = self._run_bound(feed, cache)
+        else:
+            feed.update(zip(self._past, cache.tensors))
+            logits, *present = self._sessions["decoder"].run([d.logits, *self._present], feed)
+        logits = logits[:, -1] if last_only else logits
+        return logits.astype(np.float32, copy=False), KVCache(b, cache.length + s, tuple(present))
+
+    def _run_bound(self, feed: dict[str, np.ndarray], cache: KVCache) -> list[Any]:
+        """The decoder through IO binding: logits as numpy, present key/values as OrtValues left in place."""
         session = self._sessions["decoder"]
         io = session.io_binding()
-        io.bind_cpu_input(d.inputs_embeds, np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype))
-        io.bind_cpu_input(d.attention_mask, np.ascontiguousarray(attention_mask, dtype=np.int64))
-        io.bind_cpu_input(d.position_ids, np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in feed.items():
+            io.bind_cpu_input(name, value)
         for name, value in zip(self._past, cache.tensors):
             io.bind_ortvalue_input(name, value)
-        io.bind_output(d.logits, "cpu")
+        io.bind_output(self.bundle.spec.decoder.logits, "cpu")
         for name in self._present:
             io.bind_output(name, self.device, self.device_id)
         session.run_with_iobinding(io)
         outputs = io.get_outputs()
-        logits = outputs[0].numpy()
-        logits = logits[:, -1] if last_only else logits
-        return logits.astype(np.float32, copy=False), KVCache(b, cache.length + s, tuple(outputs[1:]))
+        return [outputs[0].numpy(), *outputs[1:]]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "providers": [p for p, _ in self._providers], "device": self.device,
-                "intra_op_threads": self.options.intra_op_threads(), "optimization": self.options.optimization}
+                "intra_op_threads": self.options.intra_op_threads(), "optimization": self.options.optimization,
+                "io_binding": self.options.io_binding}

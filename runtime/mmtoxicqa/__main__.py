@@ -1,4 +1,5 @@
-"""CLI: `python -m runtime.mmtoxicqa build --out DIR` and `python -m runtime.mmtoxicqa run --model NAME --out DIR`."""
+"""CLI: `python -m runtime.mmtoxicqa build --out DIR` and
+`python -m runtime.mmtoxicqa run --model NAME --out DIR` (PyTorch) or `run --bundle DIR --out DIR` (compiled)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,13 @@ def load_model(name: str) -> Generator:
         raise UserError(f"--model needs the PyTorch model zoo (calib.models, toolchain extra): "
                         f"pip install 'sgm-edge[toolchain]' ({e})") from e
     return load_generator(name)
+
+
+def load_bundle(directory: Path) -> Generator:
+    """A compiled bundle through the torch-free runtime (ONNX Runtime, CPU)."""
+    from runtime.generate import BundleGenerator
+
+    return BundleGenerator.open(directory)
 
 
 def load_judge(name: str | None) -> Judge:
@@ -65,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     r = sub.add_parser("run", help="generate, judge and report on a model")
-    r.add_argument("--model", required=True, help="model zoo name or path (smol-llava, tiny-random-llava, llava, DIR)")
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model zoo name or path (smol-llava, tiny-random-llava, llava, DIR); needs torch")
+    source.add_argument("--bundle", type=Path, help="compiled bundle directory, run by the torch-free runtime (ONNX Runtime)")
     r.add_argument("--out", required=True, type=Path, help="run directory (reused to resume)")
     r.add_argument("--dataset", type=Path, help="dataset directory (default: the default build, in the cache)")
     r.add_argument("--split", default="evaluation", choices=SPLITS)
@@ -109,7 +119,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     ppl_texts = corpus.load_corpus(ppl_path, n_texts=args.ppl_texts) if ppl_path is not None else None
     ppl_info = corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None
     judge = load_judge(args.judge)
-    generator = load_model(args.model)
+    generator = load_bundle(args.bundle) if args.bundle is not None else load_model(args.model)
     reference = load_model(args.reference_model) if args.reference_model else None
     info = {**dataset_info(root), "split": args.split, "conditions": list(conditions), "limit": args.limit}
     report = run_benchmark(generator, judge, items, args.out, settings, ppl_texts=ppl_texts, ppl_info=ppl_info,
