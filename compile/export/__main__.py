@@ -1,0 +1,46 @@
+"""python -m compile.export --model M --out DIR: export a model to a validated bundle (compile.bundle)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from compile.export.graphs import DEFAULT_OPSET, MIN_OPSET
+from runtime import cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compile.export",
+                                description="Export a model to a bundle: vision / embed / decoder ONNX graphs "
+                                            "through Optimum, validated against PyTorch, with tokenizer.json, "
+                                            "runtime.json and manifest.json.")
+    p.add_argument("--model", required=True,
+                   help="smol-llava, llava, tiny-random-llava, or a model directory (e.g. a folded checkpoint)")
+    p.add_argument("--out", required=True, type=Path, help="bundle directory (new, empty, or a bundle with --overwrite)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET}; default %(default)s)")
+    p.add_argument("--external-data", action="store_true",
+                   help="store weights in <graph>.onnx.data files even below 2 GB (always done above)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from runtime.errors import UserError
+
+    if args.opset < MIN_OPSET:
+        raise UserError(f"--opset {args.opset} is below {MIN_OPSET}, the lowest this export supports")
+    from compile.bundle import export_bundle
+
+    manifest = export_bundle(args.model, args.out, opset=args.opset, external_data=args.external_data,
+                             overwrite=args.overwrite)
+    print(f"bundle written to {args.out} ({len(manifest['files'])} files, opset {args.opset})")
+    for c in manifest["export"]["validation"]:
+        print(f"  {c['graph']:<8} {c['what']:<55} max |ONNX - PyTorch| {c['max_abs_diff']:.3g} "
+              f"(tolerance {c['tolerance']:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

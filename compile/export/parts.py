@@ -1,0 +1,98 @@
+"""The three exportable parts of a multimodal model, as torch modules Optimum can trace.
+
+Each part calls the model interface (calib.models.base.MultimodalModel) directly, so the graphs compute
+exactly what the PyTorch model computes in `generate`: `encode_images` (vision tower + projector),
+`embed_tokens`, and `decode` (the language model on embeddings with a KV cache). Each carries a small
+`PretrainedConfig` whose `model_type` names the OnnxConfig registered for it (compile.export.configs).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from calib.models.base import MultimodalModel
+from runtime.errors import UserError
+
+VISION, EMBED, DECODER = "vision", "embed", "decoder"
+PARTS = (VISION, EMBED, DECODER)
+
+
+def model_type(model: MultimodalModel) -> str:
+    """'llava' or 'smol-llava': the zoo family of a loaded model."""
+    from calib.models.llava import Llava
+    from calib.models.smol_llava import SmolLlava
+
+    if isinstance(model, Llava):
+        return "llava"
+    if isinstance(model, SmolLlava):
+        return "smol-llava"
+    raise UserError(f"{type(model).__name__} has no ONNX export recipe; export smol-llava or a llava-hf model")
+
+
+def text_config(model: MultimodalModel) -> PretrainedConfig:
+    """The language model's transformers config (a LlamaConfig for every model the zoo has today)."""
+    cfg = model.hf.config.text_config if model_type(model) == "llava" else model.module.language_model.config
+    if cfg.model_type != "llama":
+        raise UserError(f"{model.name}: its language model is {cfg.model_type!r}; the decoder export supports "
+                        "Llama-family language models only (LLaVA-1.5, smol-llava)")
+    return cfg
+
+
+def head_dim(cfg: PretrainedConfig) -> int:
+    """Size of one attention head (explicit in newer Llama configs, hidden / heads otherwise)."""
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+class VisionPart(nn.Module):
+    """pixel_values [n, 3, S, S] -> image_embeds [n, num_image_tokens, hidden]."""
+
+    def __init__(self, model: MultimodalModel):
+        super().__init__()
+        self.inner = model.module
+        self._model = model
+        family = model_type(model)
+        self.config = PretrainedConfig(image_size=model.image_spec.size, num_channels=3,
+                                       num_image_tokens=model.num_image_tokens,
+                                       hidden_size=text_config(model).hidden_size)
+        self.config.model_type = f"sgm-{family}-vision"
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._model.encode_images(pixel_values)
+
+
+class EmbedPart(nn.Module):
+    """input_ids [b, s] (int64, no image ids) -> inputs_embeds [b, s, hidden]."""
+
+    def __init__(self, model: MultimodalModel):
+        super().__init__()
+        self.inner = model.module
+        self._model = model
+        text = text_config(model)
+        self.config = PretrainedConfig(vocab_size=text.vocab_size, hidden_size=text.hidden_size)
+        self.config.model_type = "sgm-embed"
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._model.embed_tokens(input_ids)
+
+
+class DecoderPart(nn.Module):
+    """inputs_embeds + attention_mask + position_ids + past key values -> logits + present key values."""
+
+    def __init__(self, model: MultimodalModel):
+        super().__init__()
+        self.inner = model.module
+        self._model = model
+        self.config = text_config(model)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                past_key_values: Any = None) -> dict[str, Any]:
+        logits, present = self._model.decode(inputs_embeds, attention_mask, position_ids, past_key_values)
+        return {"logits": logits, "past_key_values": present}
+
+
+def parts(model: MultimodalModel) -> dict[str, nn.Module]:
+    """The three parts of `model`, in bundle order."""
+    return {VISION: VisionPart(model), EMBED: EmbedPart(model), DECODER: DecoderPart(model)}

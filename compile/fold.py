@@ -1,0 +1,234 @@
+"""Fold an experts artifact into the model's weights: the deployed form of the SGM intervention.
+
+Scaling a Linear's output by a per-unit vector equals scaling the rows of its weight (and its bias), so
+every hooked MLP Linear (gate_proj, up_proj, down_proj alike) gets `W[i, :] *= alpha_i`, `b[i] *= alpha_i`
+with the vectors of `calib.intervention.row_scales`, the same ones the hooks use. Before anything is written
+the folded model is compared with the hook intervention on a check batch of image + text prompts; a fold
+whose logits differ by more than the tolerance is refused.
+
+    python -m compile.fold --model smol-llava --experts build/experts --out build/detoxified
+
+The output is a normal checkpoint of the same model type (smol-llava directory, or llava-hf directory that
+transformers loads as before) with `sgm_folded` recorded in its config.json and a manifest.json of kind
+"sgm-detoxified" naming the experts artifact and the source model. Folding a folded checkpoint is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from calib.experts import Experts, check_units, load_experts, model_units
+from calib.intervention import row_scales, suppress
+from calib.models import load_model, resolve
+from calib.models.base import MultimodalModel
+from runtime import cli
+from runtime.artifacts import MANIFEST, atomic_dir, read_manifest, sha256_file, write_manifest
+from runtime.errors import UserError
+
+KIND = "sgm-detoxified"
+FORMAT_VERSION = 1
+FOLDED_KEY = "sgm_folded"
+# fp32 rounding alone separates fold and hooks: on smol-llava (30 layers, |logits| ~ 40) they differ by 1.0e-4 to
+# 1.7e-4, the hooks themselves sit 0.9e-4 to 2.5e-4 from the exact (fp64) intervention, and a random 1-ulp
+# change of the MLP weights moves logits by up to 2.7e-4. A wrong fold moves them by 1.8 (one unit left out)
+# to 31.6 (factors one layer off). The default sits between the two, with margins of ~4x and ~2000x.
+DEFAULT_TOLERANCE = 1e-3
+CHECK_QUESTIONS = ("What is in the image?", "Describe the picture in one sentence.")
+# llava-hf files beside the weights and tokenizer that transformers' processors read
+_LLAVA_EXTRA_FILES = ("processor_config.json", "chat_template.json", "chat_template.jinja")
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """What a fold changed and how closely it reproduces the hooks on the check batch."""
+
+    modules: int
+    units_scaled: int
+    positions: int
+    max_abs_dlogit_vs_hook: float
+    max_abs_dlogit_vs_unfolded: float
+    tolerance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def fold(model: MultimodalModel, experts: Experts | dict[str, torch.Tensor]) -> None:
+    """Scale the rows (and bias) of every hooked Linear in place by its `row_scales` vector."""
+    if isinstance(experts, Experts):
+        check_units(experts, model_units(model), model.name)
+        scales = row_scales(experts)
+    else:
+        scales = experts
+    units = {u.key: u for u in model.mlp_units()}
+    for key, scale in scales.items():
+        if key not in units:
+            raise UserError(f"scale for {key!r}, which {model.name} does not have; use factors built for this model")
+        linear = model.mlp_linear(units[key])
+        work = torch.promote_types(linear.weight.dtype, torch.float32)  # fp16/bf16 weights: scale in fp32
+        s = scale.to(device=linear.weight.device, dtype=work)
+        if s.shape != (linear.out_features,):
+            raise UserError(f"scale for {key} has shape {tuple(s.shape)}, {model.name} needs ({linear.out_features},)")
+        linear.weight.copy_((linear.weight.to(work) * s[:, None]).to(linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.copy_((linear.bias.to(work) * s).to(linear.bias.dtype))
+
+
+def check_batch(model: MultimodalModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A left-padded batch of image + text prompts with answers, and one text-only prompt:
+    (inputs_embeds, attention_mask, position_ids). Images are runtime.scenes' synthetic scenes."""
+    from runtime.scenes import scene
+
+    prompts = []
+    for i, question in enumerate(CHECK_QUESTIONS):
+        sc = scene(i)
+        ids = model.tokenize(model.chat_prompt(question, True) + " " + sc.caption)
+        prompts.append(model.inputs_embeds(ids, [sc.image]))
+    prompts.append(model.inputs_embeds(model.tokenize(model.chat_prompt("Tell me about your day.", False)
+                                                      + " It was long, but good.")))
+    s = max(p.shape[0] for p in prompts)
+    embeds = prompts[0].new_zeros((len(prompts), s, prompts[0].shape[-1]))
+    mask = torch.zeros((len(prompts), s), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        embeds[i, s - p.shape[0]:] = p
+        mask[i, s - p.shape[0]:] = 1
+    return embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def _logits(model: MultimodalModel, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    embeds, mask, pos = batch
+    logits, _ = model.decode(embeds, mask, pos)
+    return logits[mask.bool()].float()
+
+
+def fold_and_check(model: MultimodalModel, experts: Experts, tolerance: float = DEFAULT_TOLERANCE) -> FoldReport:
+    """Fold `experts` into `model` in place and compare with the hooks on the check batch.
+
+    Raises UserError when the largest |logit difference| between fold and hooks exceeds `tolerance`
+    (the model in memory is then folded but wrong: do not save it).
+    """
+    scales = row_scales(experts)
+    batch = check_batch(model)
+    unfolded = _logits(model, batch)
+    with suppress(model, experts):
+        hooked = _logits(model, batch)
+    fold(model, experts)
+    folded = _logits(model, batch)
+    report = FoldReport(modules=len(scales), units_scaled=int(sum(int((s != 1).sum()) for s in scales.values())),
+                        positions=int(folded.shape[0]),
+                        max_abs_dlogit_vs_hook=float((folded - hooked).abs().max()),
+                        max_abs_dlogit_vs_unfolded=float((folded - unfolded).abs().max()), tolerance=tolerance)
+    if not report.max_abs_dlogit_vs_hook <= tolerance:
+        raise UserError(f"the folded model differs from the hook intervention by max |dlogit| "
+                        f"{report.max_abs_dlogit_vs_hook:.3g} > tolerance {tolerance:g} on the check batch; "
+                        "nothing was written. Check that the experts fit this model, or raise --tolerance "
+                        "only if the model runs in reduced precision")
+    return report
+
+
+def folded_marker(model: MultimodalModel) -> dict[str, Any] | None:
+    """The `sgm_folded` record of a loaded model's config (None for an unfolded model)."""
+    return model.config_dict().get(FOLDED_KEY)
+
+
+def _refuse_folded(model: MultimodalModel, location: Any) -> None:
+    path = Path(str(location))
+    manifest_kind = None
+    if (path / MANIFEST).is_file():
+        manifest_kind = read_manifest(path, verify=False).get("kind")
+    marker = folded_marker(model)
+    if marker is not None or manifest_kind == KIND:
+        source = (marker or {}).get("experts_manifest_sha256", "unknown")
+        raise UserError(f"{location} is already folded (experts manifest sha256 {str(source)[:12]}...); folding "
+                        "twice would apply the factors twice. Fold the original checkpoint instead")
+
+
+def _save(model: MultimodalModel, model_type: str, location: Any, out: Path, marker: dict[str, Any]) -> None:
+    """Write the folded model as a checkpoint of its own type, with the fold marker in config.json."""
+    if model_type == "smol-llava":
+        model.config[FOLDED_KEY] = marker
+        model.save(out)
+        return
+    from transformers import AutoImageProcessor
+
+    setattr(model.hf.config, FOLDED_KEY, marker)
+    model.hf.save_pretrained(out, safe_serialization=True)
+    model.tokenizer.save_pretrained(out)
+    try:  # the local copy or the HF cache first, as calib.models.llava loads it
+        processor = AutoImageProcessor.from_pretrained(location, local_files_only=True)
+    except OSError:
+        processor = AutoImageProcessor.from_pretrained(location)
+    processor.save_pretrained(out)
+    if Path(str(location)).is_dir():
+        for name in _LLAVA_EXTRA_FILES:
+            if (Path(location) / name).is_file() and not (out / name).exists():
+                shutil.copy2(Path(location) / name, out / name)
+
+
+def _versions() -> dict[str, str]:
+    from compile.export.provenance import package_versions
+
+    return package_versions()
+
+
+def fold_to_dir(model_name_or_path: str, experts_dir: str | Path, out_dir: str | Path,
+                tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+    """Fold an experts artifact into a model and write the detoxified checkpoint atomically; returns its manifest.
+
+    Refuses a model that is already folded, an experts artifact made for another model, and a fold that
+    does not reproduce the hooks within `tolerance` (max |dlogit| on the check batch), writing nothing.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise UserError(f"{out_dir} already exists; choose another output directory or remove it first")
+    model_type, location = resolve(model_name_or_path)
+    model = load_model(model_name_or_path)
+    _refuse_folded(model, location)
+    experts_dir = Path(experts_dir)
+    experts = load_experts(experts_dir, model)
+    source = {"name": model.name, "type": model_type, "location": str(location), **model.fingerprint()}
+    report = fold_and_check(model, experts, tolerance)
+    experts_sha = sha256_file(experts_dir / MANIFEST)
+    marker = {"experts_manifest_sha256": experts_sha, "source_mlp_weights_sha256": source["mlp_weights_sha256"],
+              "method": experts.spec.to_dict()}
+    with atomic_dir(out_dir) as tmp:
+        _save(model, model_type, location, tmp, marker)
+        manifest = write_manifest(
+            tmp, KIND, format_version=FORMAT_VERSION, model_type=model_type, source=source,
+            experts={"path": str(experts_dir.resolve()), "manifest_sha256": experts_sha, "model": dict(experts.model),
+                     "method": experts.spec.to_dict(), "counts": experts.counts()["totals"]},
+            fold=report.to_dict(), model={"mlp_weights_sha256": model.fingerprint()["mlp_weights_sha256"]},
+            versions=_versions())
+    return manifest
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compile.fold", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="smol-llava, llava, tiny-random-llava, or a model directory")
+    p.add_argument("--experts", required=True, type=Path, help="experts artifact made for this model")
+    p.add_argument("--out", required=True, type=Path, help="new directory for the detoxified checkpoint")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="largest |logit difference| allowed between fold and hooks (default %(default)g)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    manifest = fold_to_dir(args.model, args.experts, args.out, args.tolerance)
+    f = manifest["fold"]
+    print(f"folded {f['units_scaled']} units in {f['modules']} modules of {args.model} into {args.out}")
+    print(f"check batch ({f['positions']} positions): max |dlogit| fold vs hooks {f['max_abs_dlogit_vs_hook']:.3g} "
+          f"(tolerance {f['tolerance']:g}); vs unfolded {f['max_abs_dlogit_vs_unfolded']:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
