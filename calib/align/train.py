@@ -88,7 +88,7 @@ def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples:
         nn.utils.clip_grad_norm_(projector.parameters(), config.grad_clip)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step is not None:
             on_step(step, losses[-1])

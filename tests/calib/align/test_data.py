@@ -1,0 +1,69 @@
+"""Alignment data: deterministic by seed, truthful, and held-out scenes never seen in training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calib.align import data, evaluate
+from runtime import scenes
+from runtime.errors import UserError
+
+
+def _pixels(sample: data.Sample) -> bytes:
+    return np.asarray(sample.image).tobytes()
+
+
+def test_same_seed_same_samples_other_seed_other_scenes():
+    a, b = data.training_samples(6, 2, seed=3), data.training_samples(6, 2, seed=3)
+    assert [(s.source, s.turns, _pixels(s)) for s in a] == [(s.source, s.turns, _pixels(s)) for s in b]
+    c = data.scene_samples(6, seed=4)
+    assert not {s.source for s in a} & {s.source for s in c}
+
+
+def test_scene_turns_are_a_caption_and_one_true_question_of_each_kind():
+    for sample in data.scene_samples(8, seed=0):
+        scene = scenes.scene(int(sample.source.split(":")[1]))
+        assert scene.split == "train"
+        kinds = [t.kind for t in sample.turns]
+        assert kinds == ["caption", *data.QA_KINDS]
+        assert sample.turns[0].answer == scene.caption and sample.turns[0].question in data.CAPTION_QUESTIONS
+        truth = {(qa.question, qa.answer) for qa in scene.qa}
+        for t in sample.turns[1:]:
+            assert (t.question.removesuffix(data.SHORT_SUFFIX), t.answer) in truth
+
+
+def test_photo_views_are_the_photo_then_crops_and_flips():
+    samples = data.photo_samples(3, seed=0)
+    assert len(samples) == 3 * len(data.PHOTOS)
+    astronaut = [s for s in samples if s.source.startswith("photo:astronaut:")]
+    assert _pixels(astronaut[0]) == np.asarray(data.photo_image("astronaut")).tobytes()
+    assert len({_pixels(s) for s in astronaut}) == 3
+    assert all(s.image.mode == "RGB" for s in samples)
+    assert not {p.name for p in data.HELDOUT_PHOTOS} & {s.source.split(":")[1] for s in samples}
+
+
+def test_evaluation_questions_come_from_held_out_scenes_only():
+    train = {s.source for s in data.scene_samples(50, seed=0)}
+    questions = evaluate.heldout_questions(10, seed=0)
+    assert len(questions) == 30 and [q.kind for q in questions[:3]] == list(data.QA_KINDS)
+    assert all(scenes.split_of(int(q.source.split(":")[1])) == "test" for q in questions)
+    assert not {q.source for q in questions} & train
+    assert all(q.question.endswith(data.SHORT_SUFFIX) for q in questions)
+    with pytest.raises(UserError, match="held-out"):
+        evaluate.heldout_questions(5, seed=0, split="train")
+
+
+def test_bad_inputs_are_refused_with_clear_errors():
+    with pytest.raises(UserError, match="no photo 'nope'"):
+        data.photo_image("nope")
+    with pytest.raises(UserError, match=">= 0"):
+        data.scene_samples(-1, seed=0)
+    with pytest.raises(UserError, match=">= 1"):
+        evaluate.heldout_questions(0, seed=0)
+
+
+@pytest.mark.parametrize("response,answer,ok", [
+    ("Red.", "red", True), ("The circle", "circle", True), ("three", "3", True), ("3 circles", "3", False),
+    ("It is red", "red", False), ("blue", "red", False)])
+def test_exact_match_on_the_normalised_answer(response, answer, ok):
+    assert evaluate.exact_match(response, answer) is ok
