@@ -50,6 +50,25 @@ def layout(model: Any, sample: CalibSample, max_response_tokens: int | None = No
     return Layout(list(prompt_ids), list(response))
 
 
+def length_matched(lengths: Sequence[int], labels: Sequence[bool], seed: int = 0) -> list[int]:
+    """Indices of a subset in which every response length has as many toxic as non-toxic samples.
+
+    Max pooling grows with the number of pooled tokens, so a length gap between the classes makes every unit
+    look like a (weak) toxic expert; after matching, length alone has AUROC exactly 0.5.
+    """
+    rng = np.random.default_rng(seed)
+    by_length: dict[tuple[int, bool], list[int]] = {}
+    for i, (n, y) in enumerate(zip(lengths, labels)):
+        by_length.setdefault((int(n), bool(y)), []).append(i)
+    keep: list[int] = []
+    for n in sorted({n for n, _ in by_length}):
+        pos, neg = by_length.get((n, True), []), by_length.get((n, False), [])
+        k = min(len(pos), len(neg))
+        for group in (pos, neg):
+            keep.extend(group if len(group) == k else rng.choice(group, size=k, replace=False).tolist())
+    return sorted(keep)
+
+
 def _embeds(model: Any, sample: CalibSample, lay: Layout) -> torch.Tensor:
     """[s, hidden]: the prompt with its image spliced in, then the response tokens embedded as generation
     embeds them (a generated id that happens to be the image token stays a plain token)."""
@@ -95,12 +114,13 @@ class _Pooler:
 @torch.no_grad()
 def collect(model: Any, samples: Sequence[CalibSample], store_path: str | os.PathLike, pooling: str = "max",
             batch_size: int = 8, max_response_tokens: int | None = 128, store_dtype: str = "float32",
+            match_lengths: bool = False, seed: int = 0,
             progress: bool = True) -> tuple[ActivationStore, dict[str, Any]]:
     """Pooled activations of every unit for every sample with a non-empty response, streamed to disk.
 
     Returns the closed store (rows in length-sorted order, labels alongside) and a summary (samples used,
     samples skipped for an empty response, mean response tokens per class: a length gap between the
-    classes confounds max pooling).
+    classes confounds max pooling). With `match_lengths`, only length-matched samples are used.
     """
     if pooling not in POOLINGS:
         raise UserError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -111,6 +131,13 @@ def collect(model: Any, samples: Sequence[CalibSample], store_path: str | os.Pat
     skipped = len(laid) - len(used)
     if not used:
         raise UserError("no calibration sample has a non-empty response; nothing to score")
+    unmatched = 0
+    if match_lengths:
+        kept = length_matched([len(lay.response_ids) for _, lay in used], [s.label for s, _ in used], seed)
+        unmatched = len(used) - len(kept)
+        used = [used[i] for i in kept]
+        if not used:
+            raise UserError("no response length occurs in both classes; collect without length matching")
     used.sort(key=lambda p: len(p[1].prompt_ids) + len(p[1].response_ids))  # less padding per batch
     units = [(u.key, u.width) for u in model.mlp_units()]
     store = ActivationStore(store_path, units, dtype=store_dtype, expected_samples=len(used))
@@ -140,7 +167,8 @@ def collect(model: Any, samples: Sequence[CalibSample], store_path: str | os.Pat
     store.close()
     lengths = {lab: [len(lay.response_ids) for s, lay in used if s.label == lab] for lab in (True, False)}
     summary = {"pooling": pooling, "max_response_tokens": max_response_tokens, "store_dtype": store_dtype,
-               "n_used": len(used), "n_skipped_empty_response": skipped,
+               "n_used": len(used), "n_skipped_empty_response": skipped, "match_lengths": match_lengths,
+               "n_dropped_unmatched_length": unmatched,
                "mean_response_tokens_toxic": float(np.mean(lengths[True])) if lengths[True] else None,
                "mean_response_tokens_nontoxic": float(np.mean(lengths[False])) if lengths[False] else None}
     return store, summary

@@ -234,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("scoring")
     s.add_argument("--pooling", default="max", choices=("max", "mean"))
     s.add_argument("--max-response-tokens", type=int, default=128)
+    s.add_argument("--match-lengths", action="store_true",
+                   help="use only samples whose response length also occurs in the other class, as many of each "
+                        "(removes the length confound of max pooling)")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--store-dtype", default="float32", choices=("float32", "float16"),
                    help="on-disk activation store (float16 halves the disk, rounds activations)")
@@ -341,7 +344,7 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
                         f"Sample more responses (--samples-per-item), add conditions, or use --calib rtp:FILE")
     store, summary = collect(model, samples, store_path_in(args.work_dir), pooling=args.pooling,
                              batch_size=args.batch_size, max_response_tokens=args.max_response_tokens,
-                             store_dtype=args.store_dtype)
+                             store_dtype=args.store_dtype, match_lengths=args.match_lengths, seed=args.seed)
     try:
         flat = store.auroc(progress=True)
         by_key = store.split(flat)

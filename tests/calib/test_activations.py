@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from calib.activations import collect, layout
+from calib.activations import collect, layout, length_matched
 from calib.calibset import CalibSample
 from calib.models import load_model
 from runtime.errors import UserError
@@ -101,3 +101,23 @@ def test_empty_responses_are_skipped_and_bad_input_refused(model, tmp_path) -> N
     with pytest.raises(UserError, match="non-empty response"):
         collect(model, [CalibSample("z", "Hi", "", False)], tmp_path / "d.bin", progress=False)
     assert not (tmp_path / "d.bin").exists()
+
+
+def test_length_matching_balances_every_length() -> None:
+    lengths = [3, 3, 3, 5, 5, 7, 7, 7, 7, 9]
+    labels = [True, False, False, True, True, True, False, False, False, False]
+    kept = length_matched(lengths, labels, seed=0)
+    assert kept == length_matched(lengths, labels, seed=0)
+    pairs = [(lengths[i], labels[i]) for i in kept]
+    for n in {n for n, _ in pairs}:
+        assert pairs.count((n, True)) == pairs.count((n, False)) == 1
+    assert sorted({n for n, _ in pairs}) == [3, 7] and len(kept) == 4
+
+
+def test_collect_with_matched_lengths(model, tmp_path) -> None:
+    a = CalibSample("a", "Q?", "", True, response_ids=(7, 8, 9))
+    b = CalibSample("b", "Q?", "", False, response_ids=(9, 8, 7))
+    c = CalibSample("c", "Q?", "", False, response_ids=(9, 8))
+    store, summary = collect(model, [a, b, c], tmp_path / "m.bin", match_lengths=True, progress=False)
+    assert store.n_samples == 2 and summary["n_dropped_unmatched_length"] == 1
+    assert summary["mean_response_tokens_toxic"] == summary["mean_response_tokens_nontoxic"] == 3
