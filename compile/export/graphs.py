@@ -75,6 +75,31 @@ def _rename_external_data(path: Path) -> str | None:
     return target
 
 
+def _pin_static_dims(path: Path, dynamic: set[str]) -> None:
+    """Give output axes that are not declared dynamic their static size, as ONNX Runtime infers it.
+
+    Torch's exporter names some static axes (e.g. the image-token axis after a slice); Optimum's fix only
+    runs when ONNX Runtime cannot infer them. Static non-batch axes keep TensorRT profiles simple.
+    """
+    proto = onnx.load(str(path), load_external_data=False)
+    loose = [(i, j) for i, out in enumerate(proto.graph.output)
+             for j, d in enumerate(out.type.tensor_type.shape.dim) if d.dim_param and d.dim_param not in dynamic]
+    if not loose:
+        return
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    shapes = [o.shape for o in ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_outputs()]
+    changed = False
+    for i, j in loose:
+        if isinstance(shapes[i][j], int):
+            proto.graph.output[i].type.tensor_type.shape.dim[j].dim_value = shapes[i][j]
+            changed = True
+    if changed:
+        onnx.save(proto, str(path))
+
+
 def export_graphs(model: MultimodalModel, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSET,
                   external_data: bool = False, seed: int = 0) -> dict[str, dict]:
     """Write vision.onnx, embed.onnx and decoder.onnx for `model` into `out_dir`.
@@ -98,6 +123,8 @@ def export_graphs(model: MultimodalModel, out_dir: str | os.PathLike, opset: int
     result = {}
     for name, ins, outs in zip(PARTS, inputs, outputs):
         path = out / f"{name}.onnx"
+        config = configs[name][1]
+        _pin_static_dims(path, {a for axes in (*config.inputs.values(), *config.outputs.values()) for a in axes.values()})
         result[name] = {"file": path.name, "external_data": _rename_external_data(path),
                         "inputs": list(ins), "outputs": list(outs)}
     return result
