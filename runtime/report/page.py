@@ -236,7 +236,8 @@ def render(runs: Sequence[Run], experts: ExpertMap | None, examples: list[ex.Exa
     nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title in SECTIONS)
     sections = "".join(f'<section id="{key}"><h2>{_e(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS)
     n = runs[0].report
-    sub = (f"{n['harmful_rate']['n']} toxic-eliciting items x {n['harmful_rate']['k']} samples, judge "
+    k = n["harmful_rate"]["k"]
+    sub = (f"{n['harmful_rate']['n']} toxic-eliciting items, {k} sample{'s' if k != 1 else ''} each; judge "
            f"{(n.get('judge') or {}).get('name', '?')} (harmful when P(toxic) >= {threshold:g}); written {when}")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>MM-TOXIC-QA report: {_e(runs[0].label)}</title><style>{CSS}</style></head><body><main>"
