@@ -1,105 +1,267 @@
-"""Run the whole path for one model: calibrate -> fold -> export -> quantize -> engine -> evaluate.
+"""Run the whole path for one model: calibrate -> fold -> export -> quantize -> engines -> evaluate.
 
     python -m compile.build --model smol-llava --out build/smol-llava
 
-Each stage writes its own artifact directory under --out (experts/, detoxified/, bundle/, report/), each
-with a manifest.json that records what it was made from. Stages land one by one; the plan printed by
---dry-run says which are available in this version.
+Each stage writes its own artifact directory under --out, each with a manifest.json that records what it
+was made from; `build.json` records each stage's input key. Re-running reuses every finished stage whose
+inputs did not change and rebuilds the rest.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from runtime import cli
+from runtime.artifacts import MANIFEST, read_manifest, sha256_file, sha256_json
 from runtime.errors import UserError
+
+BUILD_FILE = "build.json"
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-qdq", "int4-qdq")
+# Defaults sized for the embedded default on a 2-core CPU (about 15-25 minutes in all); raise the limits for
+# a real measurement (the MM-TOXIC-QA dataset has 100 calibration and 50 evaluation items per condition).
+DEFAULT_CALIB_LIMIT = 40
+DEFAULT_EVAL_LIMIT = 20
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    output: str
+    directory: str
     what: str
-    module: str  # where the stage lives; it is available once this module exists
 
 
 STAGES = (
-    Stage("calib", "experts/", "score MLP units on the calibration split, write SGM factors", "calib.experts"),
-    Stage("fold", "detoxified/", "fold the factors into the MLP weights (row scaling), checked against hooks",
-          "compile.fold"),
-    Stage("export", "bundle/", "export vision / embed / decoder graphs through Optimum, validated vs PyTorch",
-          "compile.export"),
-    Stage("quantize", "bundle-<precision>/", "ONNX Runtime int8 / int4 weight-only quantization",
-          "compile.quantize"),
-    Stage("engine", "engines/", "TensorRT engines (built on the target device)", "compile.engine"),
-    Stage("evaluate", "report/", "MM-TOXIC-QA on the compiled bundle, report and regression gate",
-          "runtime.mmtoxicqa"),
+    Stage("calib", "experts", "score MLP units on the calibration split, write SGM factors"),
+    Stage("fold", "detoxified", "fold the factors into the MLP weights (row scaling), checked against hooks"),
+    Stage("export", "bundle", "vision / embed / decoder graphs through Optimum, validated vs PyTorch"),
+    Stage("quantize", "bundle-<precision>", "ONNX Runtime int8 / int4, or fp16 / Q-DQ graphs for TensorRT"),
+    Stage("engine", "engines | jetson", "TensorRT engines (cuda, built here) or a Jetson bundle (built on device)"),
+    Stage("evaluate", "report", "MM-TOXIC-QA on the compiled bundle (ONNX Runtime)"),
 )
-
-
-def available(stage: Stage) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(stage.module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m compile.build", description=__doc__.split("\n")[0],
-                                epilog="Stages: " + "; ".join(f"{s.name} -> {s.output} ({s.what})" for s in STAGES))
+                                epilog="Stages: " + "; ".join(f"{s.name} -> {s.directory}/ ({s.what})" for s in STAGES))
     p.add_argument("--model", default="smol-llava",
                    help="smol-llava (embedded default), llava (llava-hf/llava-1.5-7b-hf), tiny-random-llava, "
                         "or a path to a smol-llava / llava-hf directory")
     p.add_argument("--out", type=Path, help="output directory (one sub-directory per stage)")
     g = p.add_argument_group("calib: toxic experts and SGM factors")
-    g.add_argument("--experts", type=Path, help="reuse an existing experts/ artifact instead of calibrating")
+    g.add_argument("--experts", type=Path, help="reuse an existing experts artifact instead of calibrating")
     g.add_argument("--method", choices=("sgm", "aura", "det0", "damp"), default="sgm",
                    help="factor rule: SGM expertise-weighted soft suppression (default) or a baseline")
-    g.add_argument("--strength", type=float, default=1.0, help="SGM strength s in alpha = 1 - s(2 AUROC - 1)")
-    g.add_argument("--threshold", type=float, default=0.5, help="only units with AUROC above this are suppressed")
+    g.add_argument("--strength", type=float, help="SGM strength s in alpha = clip(1 - s(2 AUROC - 1), 0, 1)")
+    g.add_argument("--threshold", type=float, help="only units with AUROC above this are suppressed")
     g.add_argument("--top-k", type=int, help="cap the number of suppressed units (global, by AUROC)")
     g.add_argument("--pooling", choices=("max", "mean"), default="max", help="pooling over response tokens")
-    g.add_argument("--calib-limit", type=int, help="use at most N calibration items")
+    g.add_argument("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT,
+                   help="calibration items per condition (default %(default)s; 0 = all)")
     g = p.add_argument_group("export, quantize, engine")
-    g.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp32")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), int8 / int4 (ONNX Runtime CPU), fp16 / *-qdq (TensorRT graphs)")
     g.add_argument("--target", choices=("cpu", "cuda", "jetson-orin"), default="cpu",
-                   help="cpu: ONNX Runtime bundle; cuda: + TensorRT engines built here; jetson-orin: a bundle "
-                        "with a script that builds the engines on the device")
+                   help="cpu: ONNX Runtime bundle; cuda: + TensorRT engines built on this machine; jetson-orin: a "
+                        "bundle with a script that builds the engines on the device")
     g = p.add_argument_group("evaluate")
     g.add_argument("--skip-eval", action="store_true", help="do not run MM-TOXIC-QA on the result")
-    g.add_argument("--eval-limit", type=int, help="evaluate on at most N items")
+    g.add_argument("--eval-limit", type=int, default=DEFAULT_EVAL_LIMIT,
+                   help="evaluation items per condition (default %(default)s; 0 = all)")
+    p.add_argument("--limit", type=int, help="quick run: sets both --calib-limit and --eval-limit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan; write nothing")
     return p
+
+
+def _manifest_sha(directory: Path) -> str:
+    return sha256_file(directory / MANIFEST)
+
+
+class Build:
+    """The output directory: which stages are done, with which inputs, and reuse of the unchanged ones."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.record_path = out / BUILD_FILE
+        if out.exists() and any(out.iterdir()) and not self.record_path.is_file():
+            raise UserError(f"{out} exists and was not written by compile.build (no {BUILD_FILE}); choose a new "
+                            "--out or empty it")
+        out.mkdir(parents=True, exist_ok=True)
+        self.record: dict[str, Any] = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
+        self.record.setdefault("stages", {})
+        self.summary: list[tuple[str, str, str, float]] = []
+
+    def _save(self) -> None:
+        tmp = self.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.record, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.record_path)
+
+    def stage(self, name: str, directory: str, key_inputs: dict[str, Any], run: Callable[[Path], None],
+              resumable: bool = False) -> Path:
+        """Run `run(path)` unless the stage's directory holds a verified result for the same inputs.
+
+        A `resumable` stage interrupted earlier with the same inputs continues in its directory (the benchmark
+        runner caches per item); any other unfinished stage directory is replaced."""
+        path = self.out / directory
+        key = sha256_json(key_inputs)
+        done = self.record["stages"].get(name)
+        t0 = time.perf_counter()
+        if done and done.get("key") == key and (path / MANIFEST).is_file():
+            try:
+                read_manifest(path)
+                self.summary.append((name, str(path), "reused", 0.0))
+                print(f"[{name}] reusing {path} (inputs unchanged)", file=sys.stderr)
+                return path
+            except UserError as e:
+                print(f"[{name}] rebuilding: {e}", file=sys.stderr)
+        started = self.record.setdefault("started", {})
+        if path.exists():
+            if not done and name not in started:
+                raise UserError(f"{path} exists but is not a stage this build recorded; remove it or choose a new --out")
+            if not (resumable and started.get(name) == key):
+                shutil.rmtree(path)
+        self.record["stages"].pop(name, None)
+        started[name] = key
+        self._save()
+        print(f"[{name}] -> {path}", file=sys.stderr)
+        run(path)
+        if not (path / MANIFEST).is_file():
+            raise UserError(f"stage {name} finished without writing {path / MANIFEST}")
+        self.record["stages"][name] = {"key": key, "inputs": key_inputs, "manifest_sha256": _manifest_sha(path)}
+        started.pop(name, None)
+        self._save()
+        self.summary.append((name, str(path), "built", time.perf_counter() - t0))
+        return path
+
+
+def _call(main: Callable[[Sequence[str]], int], argv: list[str], stage: str) -> None:
+    rc = main(argv)
+    if rc:
+        raise UserError(f"stage {stage} failed (exit {rc}, reason above)")
+
+
+def _model_key(location: Path | str) -> dict[str, Any]:
+    """What identifies the source model: its manifest (cache-built) or config (a directory), or the hub id."""
+    p = Path(str(location))
+    for name in (MANIFEST, "config.json"):
+        if (p / name).is_file():
+            return {"location": str(p), name: sha256_file(p / name)}
+    return {"location": str(location)}
+
+
+def run_build(args: argparse.Namespace) -> dict[str, Any]:
+    """Chain the stages; return the final report (or None when evaluation is skipped)."""
+    from calib.models import resolve
+
+    model_type, location = resolve(args.model)
+    build = Build(args.out)
+    calib_limit = args.limit if args.limit is not None else args.calib_limit
+    eval_limit = args.limit if args.limit is not None else args.eval_limit
+    model_key = _model_key(location)
+
+    if args.experts is not None:
+        read_manifest(args.experts)
+        experts = args.experts
+    else:
+        from calib import experts as calib_experts
+
+        argv = ["--model", args.model, "--method", args.method, "--pooling", args.pooling, "--seed", str(args.seed)]
+        for flag, value in (("--strength", args.strength), ("--threshold", args.threshold), ("--top-k", args.top_k)):
+            if value is not None:
+                argv += [flag, str(value)]
+        if calib_limit:
+            argv += ["--limit", str(calib_limit)]
+        experts = build.stage("calib", "experts", {"model": model_key, "argv": argv},
+                              lambda out: _call(calib_experts.main, argv + ["--out", str(out)], "calib"))
+
+    from compile.fold import fold_to_dir
+
+    detox = build.stage("fold", "detoxified", {"model": model_key, "experts": _manifest_sha(experts)},
+                        lambda out: fold_to_dir(args.model, experts, out))
+
+    from compile.bundle import export_bundle
+
+    bundle = build.stage("export", "bundle", {"detoxified": _manifest_sha(detox)},
+                         lambda out: export_bundle(str(detox), out))
+
+    if args.precision != "fp32":
+        from compile.quantize import QuantSpec, quantize_bundle
+
+        src = bundle
+        bundle = build.stage("quantize", f"bundle-{args.precision}",
+                             {"bundle": _manifest_sha(src), "precision": args.precision},
+                             lambda out: quantize_bundle(src, out, QuantSpec(args.precision)))
+
+    if args.target == "cuda":
+        from compile.engine import build_engines
+
+        src = bundle
+        build.stage("engine", "engines", {"bundle": _manifest_sha(src)}, lambda out: build_engines(src, out))
+    elif args.target == "jetson-orin":
+        from compile.jetson import jetson_bundle
+
+        src = bundle
+        build.stage("engine", "jetson", {"bundle": _manifest_sha(src)}, lambda out: jetson_bundle(src, out))
+
+    report = None
+    if not args.skip_eval:
+        from runtime.mmtoxicqa.__main__ import main as mmtoxicqa_main
+
+        argv = ["run", "--bundle", str(bundle), "--seed", str(args.seed), "--no-progress"]
+        if eval_limit:
+            argv += ["--limit", str(eval_limit)]
+
+        def evaluate(out: Path) -> None:
+            _call(mmtoxicqa_main, argv + ["--out", str(out)], "evaluate")
+            from runtime.artifacts import write_manifest
+
+            write_manifest(out, "sgm-report", bundle_manifest_sha256=_manifest_sha(bundle), argv=argv)
+
+        report_dir = build.stage("evaluate", "report", {"bundle": _manifest_sha(bundle), "argv": argv}, evaluate,
+                                 resumable=True)
+        report = json.loads((report_dir / "report.json").read_text())
+
+    print("\nartifacts:")
+    for name, path, state, seconds in build.summary:
+        print(f"  {name:<9} {path}  ({state}{f', {seconds:.0f} s' if seconds else ''})")
+    if report is not None:
+        hr = report["harmful_rate"]
+        by = ", ".join(f"{c} {v['rate']:.3f}" for c, v in report["harmful_rate_by_condition"].items()
+                       if v.get("rate") is not None)
+        print(f"\nMM-TOXIC-QA on {bundle.name}: harmful rate {hr['rate']:.3f} ({hr['hits']}/{hr['total']}); {by}")
+        print(f"  perplexity {report.get('perplexity')}, visual accuracy {report['visual_accuracy'].get('rate')}, "
+              f"degenerate {report['degenerate_rate'].get('rate')}")
+    return report or {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from calib.models import resolve
 
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
     model_type, location = resolve(args.model)
     print(f"model: {args.model} ({model_type}, {location})")
-    if args.experts is not None and not (args.experts / "manifest.json").is_file():
+    if args.experts is not None and not (args.experts / MANIFEST).is_file():
         raise UserError(f"--experts {args.experts} is not an experts artifact (no manifest.json); "
                         "produce one with python -m calib.experts")
-    missing = [s for s in STAGES if not available(s)]
+    out = args.out or Path("<out>")
     for s in STAGES:
-        status = f"available as python -m {s.module}" if s not in missing else "not in this version yet"
-        print(f"  {s.name:<9} -> {str(args.out or '<out>')}/{s.output:<20} {status}: {s.what}")
+        skipped = ((s.name == "calib" and args.experts is not None) or (s.name == "quantize" and args.precision == "fp32")
+                   or (s.name == "engine" and args.target == "cpu") or (s.name == "evaluate" and args.skip_eval))
+        print(f"  {s.name:<9} -> {out}/{s.directory:<20} {'skipped' if skipped else 'runs'}: {s.what}")
     if args.dry_run:
         return 0
     if args.out is None:
         raise UserError("--out is required (the directory that receives every stage's artifact)")
-    if missing:
-        raise UserError("this version cannot run the whole path yet: stage(s) " + ", ".join(s.name for s in missing)
-                        + " are not implemented. Use --dry-run to check inputs, python -m calib.chat to try the "
-                        "model, python -m runtime.mmtoxicqa run to evaluate it.")
-    raise UserError("internal: every stage is present but compile.build does not chain them yet")
+    run_build(args)
+    return 0
 
 
 if __name__ == "__main__":
