@@ -107,7 +107,8 @@ class BundleSpec:
             raise UserError(f"{where} has format_version {version}; valid versions start at 1; rebuild the bundle")
         dtype = _field(d, "dtype", str, where)
         if dtype not in DTYPES:
-            raise UserError(f"{where}: dtype {dtype!r} is not supported (one of {', '.join(DTYPES)}); rebuild the bundle")
+            raise UserError(f"{where}: dtype {dtype!r} is not supported (one of {', '.join(DTYPES)}); "
+                            "rebuild the bundle")
         graphs = _field(d, "graphs", dict, where)
         for g in GRAPHS:
             if not isinstance(graphs.get(g), str):

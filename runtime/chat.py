@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(result.text)
     [timing] = generator.last_timings
     print(f"[{generator.spec.model} bundle on {', '.join(generator.backend.describe()['providers'])}: loaded in "
-          f"{t1 - t0:.1f} s, {len(result.token_ids)} tokens in {t2 - t1:.2f} s (prefill {timing.prefill_s * 1e3:.0f} ms, "
+          f"{t1 - t0:.1f} s, {len(result.token_ids)} tokens in {t2 - t1:.2f} s "
+          f"(prefill {timing.prefill_s * 1e3:.0f} ms, "
           f"decode {timing.decode_tokens_per_s:.1f} tok/s), stopped by {result.finish_reason}]", file=sys.stderr)
     return 0
 

@@ -60,7 +60,10 @@ def left_pad(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
 def decode_loop(backend: Backend, prompts: Sequence[np.ndarray], config: GenerationConfig,
                 eos_token_ids: Sequence[int], pad_token_id: int,
                 first_index: int = 0) -> tuple[list[tuple[list[int], str]], Timings]:
-    """Generate for a batch of prompt embeddings ([s_i, hidden] each): ((token ids, finish reason) per prompt, timings)."""
+    """Generate for a batch of prompt embeddings ([s_i, hidden] each).
+
+    Returns (token ids, finish reason) per prompt, and the batch's timings.
+    """
     if not prompts:
         return [], Timings(0.0, 0.0, 0, 0)
     b = len(prompts)

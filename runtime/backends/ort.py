@@ -55,7 +55,8 @@ def _import_ort() -> Any:
     try:
         import onnxruntime
     except ImportError as e:
-        raise UserError("the runtime needs ONNX Runtime: pip install 'sgm-edge[cpu]' (or [gpu] for CUDA/TensorRT)") from e
+        raise UserError("the runtime needs ONNX Runtime: pip install 'sgm-edge[cpu]' "
+                        "(or 'sgm-edge[gpu]' for CUDA/TensorRT)") from e
     return onnxruntime
 
 
@@ -71,8 +72,9 @@ def resolve_providers(names: Sequence[str], provider_options: Mapping[str, Mappi
     for name in names:
         ort_name = PROVIDERS.get(name.lower(), name if name in PROVIDERS.values() else None)
         if ort_name is None:
+            ort_names = ", ".join(sorted(set(PROVIDERS.values())))
             raise UserError(f"unknown execution provider {name!r}; choose from "
-                            f"{', '.join(sorted(PROVIDERS))} (or the ORT names {', '.join(sorted(set(PROVIDERS.values())))})")
+                            f"{', '.join(sorted(PROVIDERS))} (or the ORT names {ort_names})")
         if ort_name not in available:
             hint = " (install onnxruntime-gpu instead of onnxruntime: pip install 'sgm-edge[gpu]')" \
                 if ort_name in _DEVICE else ""
@@ -87,6 +89,16 @@ def resolve_providers(names: Sequence[str], provider_options: Mapping[str, Mappi
     return out
 
 
+def tensorrt_defaults(bundle: Bundle) -> dict[str, str]:
+    """TensorRT EP options unless the user sets them: an engine cache per bundle in the asset cache, because
+    building engines takes minutes and the bundle directory may be read-only."""
+    from runtime.assets import cache_dir
+
+    path = cache_dir() / "tensorrt-ep" / bundle.fingerprint[:16]
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(path),
+            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(path)}
+
+
 class OrtBackend(Backend):
     """A bundle's three graphs in ONNX Runtime sessions."""
 
@@ -99,6 +111,11 @@ class OrtBackend(Backend):
         if options.optimization not in _OPT_LEVELS:
             raise UserError(f"graph optimization {options.optimization!r} is not one of {', '.join(_OPT_LEVELS)}")
         self._providers = resolve_providers(options.providers, options.provider_options)
+        for name, opts in self._providers:
+            if name == "TensorrtExecutionProvider":
+                for key, value in tensorrt_defaults(bundle).items():
+                    opts.setdefault(key, value)
+                Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         primary = self._providers[0][0]
         self.device = _DEVICE.get(primary, "cpu")
         self.device_id = int(self._providers[0][1].get("device_id", 0))
@@ -153,12 +170,14 @@ class OrtBackend(Backend):
             have_out = {o.name for o in s.get_outputs()}
             missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
             extra = sorted(have_in - set(inputs))
-            if missing or extra:
-                raise UserError(f"the {graph} graph does not match runtime.json: "
-                                + (f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "")
-                                + ("; " if missing and extra else "")
-                                + (f"unexpected inputs {', '.join(extra[:4])}" if extra else "")
-                                + "; rebuild the bundle")
+            problems = []
+            if missing:
+                problems.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+            if extra:
+                problems.append(f"unexpected inputs {', '.join(extra[:4])}")
+            if problems:
+                raise UserError(f"the {graph} graph does not match runtime.json: {'; '.join(problems)}; "
+                                "rebuild the bundle")
 
     def vision(self, pixel_values: np.ndarray) -> np.ndarray:
         io = self.bundle.spec.vision
@@ -184,8 +203,9 @@ class OrtBackend(Backend):
         d = self.bundle.spec.decoder
         b, s = inputs_embeds.shape[:2]
         if attention_mask.shape != (b, cache.length + s) or position_ids.shape != (b, s) or cache.batch != b:
-            raise ValueError(f"decoder inputs do not line up: embeds {inputs_embeds.shape}, mask "
-                             f"{attention_mask.shape}, positions {position_ids.shape}, cache {cache.batch}x{cache.length}")
+            raise ValueError(f"decoder inputs do not line up: embeds {inputs_embeds.shape}, "
+                             f"mask {attention_mask.shape}, positions {position_ids.shape}, "
+                             f"cache {cache.batch}x{cache.length}")
         feed = {d.inputs_embeds: np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype),
                 d.attention_mask: np.ascontiguousarray(attention_mask, dtype=np.int64),
                 d.position_ids: np.ascontiguousarray(position_ids, dtype=np.int64)}

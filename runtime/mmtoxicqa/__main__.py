@@ -74,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="generate, judge and report on a model")
     source = r.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model zoo name or path (smol-llava, tiny-random-llava, llava, DIR); needs torch")
-    source.add_argument("--bundle", type=Path, help="compiled bundle directory, run by the torch-free runtime (ONNX Runtime)")
+    source.add_argument("--model", help="model zoo name or path (smol-llava, tiny-random-llava, llava, DIR); "
+                                        "needs torch")
+    source.add_argument("--bundle", type=Path, help="compiled bundle directory (python -m compile.export), run by "
+                                                    "the torch-free runtime on ONNX Runtime")
     r.add_argument("--out", required=True, type=Path, help="run directory (reused to resume)")
     r.add_argument("--dataset", type=Path, help="dataset directory (default: the default build, in the cache)")
     r.add_argument("--split", default="evaluation", choices=SPLITS)

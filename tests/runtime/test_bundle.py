@@ -12,7 +12,7 @@ import pytest
 
 from runtime.artifacts import MANIFEST, write_manifest
 from runtime.backends import open_backend
-from runtime.backends.ort import resolve_providers
+from runtime.backends.ort import resolve_providers, tensorrt_defaults
 from runtime.bundle import FORMAT_VERSION, RUNTIME_FILE, load_bundle
 from runtime.errors import UserError
 from runtime.generate import BundleGenerator
@@ -143,6 +143,14 @@ def test_providers_are_checked():
         resolve_providers(["cuda"], available=cpu_only)
     with pytest.raises(UserError, match="no execution provider"):
         resolve_providers([], available=cpu_only)
+
+
+def test_tensorrt_engines_are_cached_per_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SGM_CACHE", str(tmp_path))
+    bundle = load_bundle(tiny_bundle)
+    opts = tensorrt_defaults(bundle)
+    assert opts["trt_engine_cache_enable"] == "True"
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "tensorrt-ep" / bundle.fingerprint[:16])
 
 
 def test_backend_options_are_checked(tiny_bundle: Path):
