@@ -31,12 +31,12 @@ QUESTION = "{question}"
 FOLDED_KIND = "sgm-detoxified"
 
 
-def runtime_config(model: MultimodalModel) -> dict[str, Any]:
+def runtime_config(model: MultimodalModel, name: str | None = None) -> dict[str, Any]:
     """runtime.json: everything the torch-free runtime needs to drive the three graphs."""
     cfg = text_config(model)
     return {
         "format_version": FORMAT_VERSION,
-        "model": model.name,
+        "model": name or model.name,
         "dtype": "float32",
         "graphs": {VISION: f"{VISION}.onnx", EMBED: f"{EMBED}.onnx", DECODER: f"{DECODER}.onnx"},
         "vision": {"input": "pixel_values", "output": "image_embeds"},
@@ -59,6 +59,7 @@ def runtime_config(model: MultimodalModel) -> dict[str, Any]:
                    "add_special_tokens": bool(model.add_special_tokens())},
         "eos_token_ids": [int(t) for t in model.eos_token_ids],
         "pad_token_id": int(model.pad_token_id),
+        "clean_up_tokenization_spaces": bool(getattr(model.tokenizer, "clean_up_tokenization_spaces", False)),
     }
 
 
@@ -79,6 +80,12 @@ def write_tokenizer(model: MultimodalModel, out: Path) -> None:
             if expanded != model.tokenize(text):
                 raise UserError(f"{model.name}: tokenizer.json does not reproduce the model's tokenizer on {text!r}; "
                                 "the tokenizer relies on Python-side behaviour the bundle cannot carry")
+
+
+def display_name(source: dict[str, Any]) -> str:
+    """The model's name for runtime.json: a folded checkpoint is named after its source model."""
+    original = (source.get("source") or {}).get("name")
+    return f"{original}-detoxified" if source.get("folded") and original else source["name"]
 
 
 def source_provenance(location: Any, model: MultimodalModel) -> dict[str, Any]:
@@ -134,7 +141,7 @@ def export_bundle(model_name_or_path: str, out_dir: str | os.PathLike, opset: in
         graphs = export_graphs(model, tmp, opset=opset, external_data=external_data)
         checks = validate_graphs(model, tmp, tolerances)
         write_tokenizer(model, tmp)
-        config = runtime_config(model)
+        config = runtime_config(model, display_name(source))
         (tmp / RUNTIME_JSON).write_text(json.dumps(config, indent=2) + "\n")
         manifest = write_manifest(
             tmp, KIND, format_version=FORMAT_VERSION, model_type=model_type, model=source,

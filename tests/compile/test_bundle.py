@@ -104,6 +104,7 @@ def test_runtime_json_follows_the_contract(bundle, tiny_llava) -> None:
     assert cfg["prompt"] == {"text_format": "USER: {question} ASSISTANT:", "image_format": "USER: <image>\n{question} ASSISTANT:",
                              "image_placeholder": "<image>", "add_special_tokens": True}
     assert cfg["eos_token_ids"] == list(tiny_llava.eos_token_ids) and cfg["pad_token_id"] == tiny_llava.pad_token_id
+    assert cfg["clean_up_tokenization_spaces"] == tiny_llava.tokenizer.clean_up_tokenization_spaces
 
 
 def test_manifest_records_files_and_provenance(bundle, tiny_llava) -> None:
@@ -151,6 +152,7 @@ def test_bundle_of_a_folded_checkpoint_records_the_experts(tiny_llava, tmp_path)
     fold_manifest = fold_to_dir("tiny-random-llava", tmp_path / "experts", tmp_path / "detox")
     manifest = export_bundle(str(tmp_path / "detox"), tmp_path / "bundle")
     m = manifest["model"]
+    assert json.loads((tmp_path / "bundle" / "runtime.json").read_text())["model"] == "tiny-random-llava-detoxified"
     assert m["folded"] is True
     assert m["experts"]["manifest_sha256"] == fold_manifest["experts"]["manifest_sha256"]
     assert m["fold"]["max_abs_dlogit_vs_hook"] == fold_manifest["fold"]["max_abs_dlogit_vs_hook"]
@@ -226,3 +228,19 @@ def test_smol_llava_bundle_generates_like_pytorch(smol_llava, tmp_path) -> None:
     print(f"torch {t_torch:.1f} s, ort {t_ort:.1f} s; lengths {[len(r.token_ids) for r in ref]} / "
           f"{[len(g) for g in got]}; equal prefix tokens {same}")
     assert [list(r.token_ids) for r in ref] == got
+
+
+def test_the_runtime_generator_on_the_bundle_equals_pytorch(bundle, tiny_llava) -> None:
+    """The runtime worker's torch-free generator (runtime.generate) reads this bundle and answers like PyTorch."""
+    generate = pytest.importorskip("runtime.generate")
+    gen = generate.load_generator(bundle[0])
+    reqs = requests() + [GenerationRequest("Say something kind about cats.")]
+    for config in (GenerationConfig(max_new_tokens=64),
+                   GenerationConfig(max_new_tokens=32, do_sample=True, temperature=0.8, top_p=0.9, seed=3)):
+        ref = tiny_llava.generate(reqs, config)
+        got = gen.generate(reqs, config)
+        assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+        assert [r.text for r in got] == [r.text for r in ref]
+    texts = ["The cat sat on the mat.", "USER: What is in the image? ASSISTANT: A red circle."]
+    for (a, n), (b, m) in zip(gen.nll(texts), tiny_llava.nll(texts)):
+        assert n == m and abs(a - b) <= 1e-4 * max(1.0, abs(b))
