@@ -43,7 +43,8 @@ class Llava(MultimodalModel):
         return self.hf
 
     def config_dict(self) -> dict[str, Any]:
-        return self.hf.config.to_dict()
+        """The config without where it was loaded from (`_name_or_path`), so a copied model keeps its fingerprint."""
+        return {k: v for k, v in self.hf.config.to_dict().items() if not k.startswith("_")}
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         cfg = self.hf.config
