@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compile.quantize.derive import copy_graph, derive_bundle
-from compile.quantize.graphs import graph_bytes, load_graph, save_graph
+from compile.quantize.graphs import graph_bytes, load_graph, save_graph, unit_of
 from runtime import cli
 from runtime.artifacts import sha256_file
 from runtime.bundle import GRAPHS, Bundle
@@ -146,7 +146,7 @@ def _check(blocks: Blocks, weight: np.ndarray, what: str) -> float:
     deq = blocks.dequantize()
     if deq.shape != weight.T.shape:
         raise UserError(f"{what}: the GGUF tensor is {deq.shape[::-1]}, the bundle's weight {weight.shape}; "
-                        "this GGUF is not the bundle's checkpoint")
+                        "this GGUF is not the checkpoint the bundle was exported from")
     err = float(np.abs(deq - weight.T).max())
     if err > CHECK_RTOL * float(np.abs(weight).max()):
         raise UserError(f"{what}: the GGUF weights differ from the bundle's by up to {err:.3g}; this GGUF is not "
@@ -176,18 +176,29 @@ def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int)
     return new, inits
 
 
-def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int) -> tuple[onnx.ModelProto, dict]:
-    """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph)."""
+def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int,
+                    row_scales: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
+    """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph).
+
+    `row_scales` (a folded bundle's SGM factors per MLP unit) multiply the blocks' scales before the check,
+    so a detoxified bundle converts too: its float32 weights must equal the folded GGUF blocks.
+    """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     nodes, added, dropped, worst = [], [], set(), 0.0
     converted: dict[str, int] = {}
+    folded: list[str] = []
     for node in graph.node:
         name = gguf_name(node.name) if node.op_type == "MatMul" and node.input[1] in inits else None
         if name is None:
             nodes.append(node)
             continue
         blocks = weights.blocks(name)
+        unit = unit_of(node.name)
+        if row_scales and unit in row_scales:
+            alpha = np.asarray(row_scales[unit], np.float32)
+            blocks = Blocks(blocks.codes, blocks.scales * alpha[:, None], blocks.zero_points, blocks.bits)
+            folded.append(unit)
         worst = max(worst, _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name))
         new, tensors = matmul_nbits_node(node, blocks, accuracy_level)
         nodes.append(new)
@@ -204,8 +215,10 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
     graph.node.extend(nodes)
     del graph.initializer[:]
     graph.initializer.extend(keep + added)
+    if row_scales and sorted(folded) != sorted(row_scales):
+        raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no GGUF-converted MatMul")
     _com_microsoft(model)
-    return model, {"converted": converted, "max_abs_diff_vs_float32": worst}
+    return model, {"converted": converted, "max_abs_diff_vs_float32": worst, "folded_modules": len(folded)}
 
 
 def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.ModelProto, dict]:
@@ -248,25 +261,7 @@ def gguf_bundle(bundle_dir: str | os.PathLike, gguf_path: str | os.PathLike, out
     weights = GGUFWeights(gguf_path)
 
     def transform(src: Bundle, out: Path) -> dict[str, Any]:
-        if src.manifest.get("precision", {}).get("name", src.spec.dtype) != "float32":
-            raise UserError(f"{src.root} is not a float32 bundle; convert the bundle compile.export wrote")
-        graphs: dict[str, Any] = {}
-        for graph, fn in (("decoder", lambda m: convert_decoder(m, weights, accuracy_level)),
-                          ("embed", lambda m: convert_embed(m, weights))):
-            if graph == "embed" and not embeddings:
-                continue
-            model, stats = fn(load_graph(src.graph_path(graph)))
-            rel = src.spec.graphs[graph]
-            save_graph(model, out / rel)
-            graphs[graph] = {**stats, "bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel)}
-        for graph in GRAPHS:
-            if graph not in graphs:
-                copy_graph(src, graph, out)
-                graphs[graph] = "unchanged"
-        return {"precision": {"name": "int4", "target": "onnxruntime-cpu", "method": "gguf-exact",
-                              "gguf": {"path": str(weights.path.resolve()), "sha256": sha256_file(weights.path)},
-                              "block_size": QK, "accuracy_level": accuracy_level, "zero_points": "float",
-                              "lm_head": True, "embeddings": embeddings, "graphs": graphs}}
+        return convert(src, out, weights, accuracy_level, embeddings)
 
     def measure(tmp: Path) -> dict[str, Any]:
         from compile.quantize.check import agreement, check_items
@@ -276,6 +271,50 @@ def gguf_bundle(bundle_dir: str | os.PathLike, gguf_path: str | os.PathLike, out
                          check_items()).to_dict()
 
     return derive_bundle(bundle_dir, out_dir, transform, overwrite=overwrite, after=measure if check else None)
+
+
+def folded_row_scales(src: Bundle) -> dict[str, np.ndarray] | None:
+    """The SGM row scales a bundle exported from a folded checkpoint carries (None for an unfolded one)."""
+    model = src.manifest.get("model", {})
+    if not model.get("folded"):
+        return None
+    experts = model.get("experts") or {}
+    path = Path(str(experts.get("path", "")))
+    if not (path / "manifest.json").is_file() or sha256_file(path / "manifest.json") != experts.get("manifest_sha256"):
+        raise UserError(f"{src.root} was exported from a folded checkpoint whose experts artifact ({path}) is missing "
+                        "or changed; convert the undetoxified bundle and detoxify it with compile.qfold")
+    from compile.qfold import experts_scales
+
+    return experts_scales(path)[1]
+
+
+def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 0,
+            embeddings: bool = True) -> dict[str, Any]:
+    """Write the GGUF-exact decoder (and embed) graphs of `src` into `out` (the others copied); returns the
+    `precision` manifest record. A bundle of a folded checkpoint converts with its factors in the scales."""
+    if src.manifest.get("precision", {}).get("name", src.spec.dtype) != "float32":
+        raise UserError(f"{src.root} is not a float32 bundle; convert the bundle compile.export wrote")
+    if src.manifest.get("detoxified_in_graph"):
+        raise UserError(f"{src.root} was detoxified by compile.qfold; convert its source and apply compile.qfold after")
+    scales = folded_row_scales(src)
+    graphs: dict[str, Any] = {}
+    for graph, fn in (("decoder", lambda m: convert_decoder(m, weights, accuracy_level, scales)),
+                      ("embed", lambda m: convert_embed(m, weights))):
+        if graph == "embed" and not embeddings:
+            continue
+        model, stats = fn(load_graph(src.graph_path(graph)))
+        rel = src.spec.graphs[graph]
+        save_graph(model, out / rel)
+        graphs[graph] = {**stats, "bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel)}
+    for graph in GRAPHS:
+        if graph not in graphs:
+            copy_graph(src, graph, out)
+            graphs[graph] = "unchanged"
+    return {"precision": {"name": "int4", "target": "onnxruntime-cpu", "method": "gguf-exact",
+                          "gguf": {"path": str(weights.path.resolve()), "sha256": sha256_file(weights.path)},
+                          "block_size": QK, "accuracy_level": accuracy_level, "zero_points": "float",
+                          "lm_head": True, "embeddings": embeddings, "sgm_factors_in_scales": scales is not None,
+                          "graphs": graphs}}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,9 +3,11 @@
     python -m compile.quantize --bundle build/bundle --out build/bundle-int4 --precision int4
 
 Precisions (the source must be a float32 bundle from compile.export):
-- int4: decoder MatMuls -> MatMulNBits (4-bit blocks of `block_size` along the input dimension, asymmetric,
-  `accuracy_level` 4 = int8 activations inside the kernel), lm_head included unless --no-lm-head, the
-  embedding table -> GatherBlockQuantized unless --no-embeddings; vision unchanged;
+- int4, method gguf (auto for smol-llava, whose language model is a Q4_1 GGUF): the GGUF's own blocks as
+  MatMulNBits / GatherBlockQuantized, exact (compile.gguf_nbits); a folded bundle's factors go into the scales;
+- int4, method rtn (auto for other models): decoder MatMuls -> MatMulNBits via ORT's quantizer (4-bit blocks of
+  `block_size` along the input dimension, asymmetric, `accuracy_level` 4 = int8 activations inside the kernel),
+  lm_head included unless --no-lm-head, the embedding table -> GatherBlockQuantized unless --no-embeddings;
 - int8: decoder MatMuls -> MatMulNBits with 8-bit blocks (weight-only, the default), or quantize_dynamic
   per-channel with reduce_range (--int8-mode dynamic; the AVX2-without-VNNI caveat of FACTS.md);
 - fp16: all three graphs in float16 (TensorRT / CUDA);
@@ -36,7 +38,8 @@ TARGETS = {"int4": "onnxruntime-cpu", "int8": "onnxruntime-cpu", "fp16": "tensor
            "int8-qdq": "tensorrt"}
 PRECISIONS = tuple(TARGETS)
 INT8_MODES = ("weight-only", "dynamic")
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+METHODS = ("auto", "rtn", "gguf")  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class QuantSpec:
     int8_mode: str = "weight-only"
     calibration_items: int = 16
     keep_fp32: tuple[str, ...] = ()
+    method: str = "auto"  # int4: "gguf" (exact GGUF blocks), "rtn" (ORT's quantizer); auto: gguf for smol-llava
+    gguf: str | None = None  # the GGUF for method gguf (default: the embedded default's)
 
     def check(self) -> None:
         if self.precision not in TARGETS:
@@ -64,6 +69,10 @@ class QuantSpec:
             raise UserError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {self.int8_mode!r}")
         if self.calibration_items < 1:
             raise UserError("calibration needs at least one item")
+        if self.method not in METHODS:
+            raise UserError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "gguf" and self.precision != "int4":
+            raise UserError("GGUF blocks convert exactly only to int4 (--precision int4)")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "keep_fp32": list(self.keep_fp32)}
@@ -75,9 +84,20 @@ def _rewrite(src: Bundle, out: Path, graph: str, model: Any) -> dict[str, Any]:
     return {"bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel), "external_data": external}
 
 
+def method_for(src: Bundle, spec: QuantSpec) -> str:
+    """The int4 method: the embedded default (whose language model is a Q4_1 GGUF) converts its own blocks."""
+    if spec.method != "auto":
+        return spec.method
+    return "gguf" if spec.precision == "int4" and src.manifest.get("model_type") == "smol-llava" else "rtn"
+
+
 def _transform(spec: QuantSpec) -> Any:
     def run(src: Bundle, out: Path) -> dict[str, Any]:
         p = spec.precision
+        if method_for(src, spec) == "gguf":
+            from compile.gguf_nbits import GGUFWeights, convert, default_gguf
+
+            return convert(src, out, GGUFWeights(spec.gguf or default_gguf()), embeddings=spec.embeddings)
         graphs: dict[str, Any] = {}
         decoder_path = src.graph_path("decoder")
         external = (src.root / (src.spec.graphs["decoder"] + ".data")).is_file()
@@ -113,7 +133,9 @@ def _transform(spec: QuantSpec) -> Any:
             if graph not in graphs:
                 copy_graph(src, graph, out)
                 graphs[graph] = "unchanged"
-        return {"precision": {"name": p, "target": TARGETS[p], **spec.to_dict(), "graphs": graphs}}
+        method = {"int4": "rtn", "int8": "rtn" if spec.int8_mode == "weight-only" else "dynamic", "fp16": "cast",
+                  "int4-qdq": "rtn", "int8-qdq": "static"}[p]
+        return {"precision": {"name": p, "target": TARGETS[p], **spec.to_dict(), "method": method, "graphs": graphs}}
 
     return run
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from compile.quantize import INT8_MODES, PRECISIONS, QuantSpec, quantize_bundle
+from compile.quantize import INT8_MODES, METHODS, PRECISIONS, QuantSpec, quantize_bundle
 from runtime import cli
 
 
@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-mode", choices=INT8_MODES, default=d.int8_mode)
     p.add_argument("--calibration-items", type=int, default=d.calibration_items, help="int8-qdq calibration prompts")
     p.add_argument("--keep-fp32", nargs="*", default=(), help="op types kept in float32 in fp16 graphs")
+    p.add_argument("--method", choices=METHODS, default=d.method,
+                   help="int4: gguf (exact GGUF blocks) or rtn (ORT's quantizer); auto: gguf for smol-llava")
+    p.add_argument("--gguf", type=Path, help="GGUF for --method gguf (default: the embedded default's)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the source")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the check")
     p.add_argument("--overwrite", action="store_true")
@@ -39,13 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = QuantSpec(args.precision, block_size=args.block_size, accuracy_level=args.accuracy_level,
                      symmetric=args.symmetric, lm_head=args.lm_head, embeddings=args.embeddings,
                      int8_mode=args.int8_mode, calibration_items=args.calibration_items,
-                     keep_fp32=tuple(args.keep_fp32))
+                     keep_fp32=tuple(args.keep_fp32), method=args.method,
+                     gguf=str(args.gguf) if args.gguf else None)
     manifest = quantize_bundle(args.bundle, args.out, spec, overwrite=args.overwrite, check=args.check,
                                threads=args.threads)
     print(f"{args.precision} bundle written to {args.out}")
     for graph, g in manifest["precision"]["graphs"].items():
         if isinstance(g, dict):
-            print(f"  {graph:<8} {g.get('op', g.get('dtype', '')):<28} {g['bytes_before'] / 2**20:8.1f} MiB -> "
+            what = g.get("op") or g.get("dtype") or ", ".join(f"{k} x{v}" for k, v in g.get("converted", {}).items())
+            print(f"  {graph:<8} {what:<28} {g['bytes_before'] / 2**20:8.1f} MiB -> "
                   f"{g['bytes_after'] / 2**20:8.1f} MiB")
         else:
             print(f"  {graph:<8} {g}")
