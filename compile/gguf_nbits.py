@@ -4,14 +4,18 @@
 
 smol-llava's language model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF, so its float32
 weights lie on a 4-bit grid: blocks of 32 along the input dimension, w = d * q + m (d, m float16, q 0..15).
-MatMulNBits quantizes blocks along the same dimension per output channel with w = (q - zp) * scale and
-accepts float zero points, so each Q4_1 block maps to scale = d, zp = -m / d and the same 4-bit codes: the
-graph computes with the GGUF's own weights, not a re-quantization of them (ORT's RTN quantizer, whose blocks
-must contain 0 and whose zero points are integers, cannot land on that grid). The tied Q8_0 embedding
-(w = d * q, q int8) becomes an 8-bit MatMulNBits lm_head and an 8-bit GatherBlockQuantized embedding table
-(codes q + 128, zero point 128). Attention q/k rows are un-permuted as transformers does when it loads the
-GGUF. Every converted tensor is checked against the bundle's float32 initializer before anything is written:
-a GGUF that is not the checkpoint the bundle was exported from is refused.
+MatMulNBits quantizes blocks along the same dimension per output channel, w = (q - z) * scale. Its fast CPU
+kernels (accuracy level 4) take integer zero points only, and m / d is not an integer, so each Q4_1 block is
+written as d * (q - 8) + (m + 8 d): MatMulNBits with the GGUF's own codes and scales (default zero point 8),
+plus a small float MatMul of the input's 32-element block sums with the offsets (m + 8 d) [K / 32, N].
+The weights are then the GGUF's exactly; only the kernel's int8 quantization of the activations (accuracy
+level 4; level 1 computes in float32, 4x slower here) separates the logits from float32. ORT's own RTN
+quantizer cannot land on this grid (its blocks must contain 0 and its zero points are integers) and loses
+9-30% perplexity on this model. The tied Q8_0 embedding (w = d * q) becomes an 8-bit MatMulNBits lm_head
+(codes q + 128, default zero point 128) and an 8-bit GatherBlockQuantized table. Attention q/k rows are
+un-permuted as transformers does when it loads the GGUF. Every converted tensor is checked against the
+bundle's float32 initializer before anything is written: a GGUF that is not the checkpoint the bundle was
+exported from is refused. A bundle of a folded checkpoint converts with its SGM factors in scales and offsets.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compile.quantize.derive import copy_graph, derive_bundle
-from compile.quantize.graphs import graph_bytes, load_graph, save_graph, unit_of
+from compile.quantize.graphs import OFFSETS_SUFFIX, graph_bytes, load_graph, save_graph, unit_of
 from runtime import cli
 from runtime.artifacts import sha256_file
 from runtime.bundle import GRAPHS, Bundle
@@ -45,19 +49,28 @@ _NODE = re.compile(r"layers\.(\d+)/(self_attn/[qkvo]_proj|mlp/(?:gate|up|down)_p
 
 @dataclass(frozen=True)
 class Blocks:
-    """One weight matrix [N rows = output channels, K] as blocks of 32 along K: w = (q - zp) * scale."""
+    """One weight matrix [N rows = output channels, K] as blocks of 32 along K: w = codes * scale + offset."""
 
     codes: np.ndarray  # uint8 [N, K // 32, 32], 0..15 (4-bit) or 0..255 (8-bit)
     scales: np.ndarray  # float32 [N, K // 32]
-    zero_points: np.ndarray  # float32 [N, K // 32]
+    offsets: np.ndarray  # float32 [N, K // 32]
     bits: int
 
     def dequantize(self) -> np.ndarray:
-        w = (self.codes.astype(np.float32) - self.zero_points[..., None]) * self.scales[..., None]
+        w = self.codes.astype(np.float32) * self.scales[..., None] + self.offsets[..., None]
         return w.reshape(self.codes.shape[0], -1)
 
     def permute_rows(self, order: np.ndarray) -> "Blocks":
-        return Blocks(self.codes[order], self.scales[order], self.zero_points[order], self.bits)
+        return Blocks(self.codes[order], self.scales[order], self.offsets[order], self.bits)
+
+    def scale_rows(self, alpha: np.ndarray) -> "Blocks":
+        """The SGM fold: output channel n times alpha[n] (scales and offsets, never the codes)."""
+        return Blocks(self.codes, self.scales * alpha[:, None], self.offsets * alpha[:, None], self.bits)
+
+    def correction(self) -> np.ndarray:
+        """Offsets left after MatMulNBits' default zero point 2^(bits-1): m + z * d, as [K // 32, N]."""
+        z = float(1 << (self.bits - 1))
+        return np.ascontiguousarray((self.offsets + z * self.scales).T)
 
 
 def q4_1_blocks(raw: np.ndarray) -> Blocks:
@@ -67,19 +80,16 @@ def q4_1_blocks(raw: np.ndarray) -> Blocks:
     d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
     qs = b[..., 4:]
-    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        zp = np.where(d != 0, -m / d, 0.0).astype(np.float32)
-    return Blocks(codes, d, zp, 4)
+    return Blocks(np.concatenate([qs & 0x0F, qs >> 4], axis=-1), d, m, 4)
 
 
 def q8_0_blocks(raw: np.ndarray) -> Blocks:
-    """ggml block_q8_0 {f16 d; i8 qs[32]}: w = d * q, stored as codes q + 128 with zero point 128."""
+    """ggml block_q8_0 {f16 d; i8 qs[32]}: w = d * q, stored as codes q + 128 (offset -128 d)."""
     rows = raw.shape[0]
     b = raw.reshape(rows, -1, Q8_0_BYTES)
     d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     q = b[..., 2:].copy().view(np.int8)
-    return Blocks((q.astype(np.int16) + 128).astype(np.uint8), d, np.full(d.shape, 128, np.float32), 8)
+    return Blocks((q.astype(np.int16) + 128).astype(np.uint8), d, -128.0 * d, 8)
 
 
 def unpermute_order(rows: int, heads: int) -> np.ndarray:
@@ -163,31 +173,51 @@ def pack(blocks: Blocks) -> np.ndarray:
     return np.ascontiguousarray(c[..., 0::2] | (c[..., 1::2] << 4)).astype(np.uint8)
 
 
-def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int) -> tuple[onnx.NodeProto, list]:
+def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int,
+                      block_sums: str | None) -> tuple[list[onnx.NodeProto], list]:
+    """MatMulNBits with the blocks' codes and scales (default zero point), plus `block_sums @ correction`
+    when the offsets are not the default zero point's (Q4_1); `block_sums` is the input's [.., K / 32] sums."""
     n, nb, _ = blocks.codes.shape
     base = node.name.strip("/").replace("/", "_")
     inits = [numpy_helper.from_array(pack(blocks), base + "_B"),
              numpy_helper.from_array(blocks.scales.reshape(-1), base + "_scales")]
-    if blocks.bits == 4:  # float zero points; 8-bit blocks use MatMulNBits' default zero point 128 (no float zp on CPU)
-        inits.append(numpy_helper.from_array(blocks.zero_points.reshape(-1), base + "_zp"))
-    new = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
-                           name=node.name + f"_Q{blocks.bits}", domain="com.microsoft", K=nb * QK, N=n,
-                           bits=blocks.bits, block_size=QK, accuracy_level=accuracy_level)
-    return new, inits
+    correction = blocks.correction()
+    exact = not correction.any()
+    out = node.output[0] if exact else node.output[0] + "_nbits"
+    nodes = [helper.make_node("MatMulNBits", [node.input[0], inits[0].name, inits[1].name], [out],
+                              name=node.name + f"_Q{blocks.bits}", domain="com.microsoft", K=nb * QK, N=n,
+                              bits=blocks.bits, block_size=QK, accuracy_level=accuracy_level)]
+    if not exact:
+        inits.append(numpy_helper.from_array(correction, base + OFFSETS_SUFFIX))
+        nodes += [helper.make_node("MatMul", [block_sums, inits[-1].name], [out + OFFSETS_SUFFIX],
+                                   name=node.name + OFFSETS_SUFFIX),
+                  helper.make_node("Add", [out, out + OFFSETS_SUFFIX], [node.output[0]], name=node.name + "_add_offsets")]
+    return nodes, inits
 
 
-def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int,
+def _block_sums(a: str, k: int) -> tuple[str, list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes computing the 32-element block sums of activation `a` [b, s, K] -> [b, s, K / 32]."""
+    shape = numpy_helper.from_array(np.array([0, 0, k // QK, QK], np.int64), f"{a}_blocks_shape")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), f"{a}_blocks_axes")
+    nodes = [helper.make_node("Reshape", [a, shape.name], [f"{a}_blocks"], name=f"{a}_blocks"),
+             helper.make_node("ReduceSum", [f"{a}_blocks", axes.name], [f"{a}_block_sums"], keepdims=0,
+                              name=f"{a}_block_sums")]
+    return f"{a}_block_sums", nodes, [shape, axes]
+
+
+def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int = 4,
                     row_scales: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
     """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph).
 
-    `row_scales` (a folded bundle's SGM factors per MLP unit) multiply the blocks' scales before the check,
-    so a detoxified bundle converts too: its float32 weights must equal the folded GGUF blocks.
+    `row_scales` (a folded bundle's SGM factors per MLP unit) multiply the blocks' scales and offsets before
+    the check, so a detoxified bundle converts too: its float32 weights must equal the folded GGUF blocks.
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     nodes, added, dropped, worst = [], [], set(), 0.0
     converted: dict[str, int] = {}
     folded: list[str] = []
+    sums_of: dict[str, str] = {}  # block sums shared by the Linears reading the same activation
     for node in graph.node:
         name = gguf_name(node.name) if node.op_type == "MatMul" and node.input[1] in inits else None
         if name is None:
@@ -196,12 +226,18 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
         blocks = weights.blocks(name)
         unit = unit_of(node.name)
         if row_scales and unit in row_scales:
-            alpha = np.asarray(row_scales[unit], np.float32)
-            blocks = Blocks(blocks.codes, blocks.scales * alpha[:, None], blocks.zero_points, blocks.bits)
+            blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
             folded.append(unit)
         worst = max(worst, _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name))
-        new, tensors = matmul_nbits_node(node, blocks, accuracy_level)
-        nodes.append(new)
+        sums = None
+        if blocks.correction().any():
+            if node.input[0] not in sums_of:
+                sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
+                nodes.extend(extra)
+                added.extend(consts)
+            sums = sums_of[node.input[0]]
+        new, tensors = matmul_nbits_node(node, blocks, accuracy_level, sums)
+        nodes.extend(new)
         added.extend(tensors)
         dropped.add(node.input[1])
         converted[weights.types[name]] = converted.get(weights.types[name], 0) + 1
@@ -231,6 +267,8 @@ def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.Mo
         raise UserError(f"the embed graph has {len(gathers)} embedding Gathers, expected 1")
     (node,) = gathers
     blocks = weights.blocks("token_embd.weight")
+    if blocks.bits != 8 or blocks.correction().any():
+        raise UserError("the token embedding is not Q8_0; only a Q8_0 table converts exactly to GatherBlockQuantized")
     table = numpy_helper.to_array(inits[node.input[0]])
     worst = _check(blocks, table.T, "embedding table")
     n, nb, _ = blocks.codes.shape
@@ -255,7 +293,7 @@ def _com_microsoft(model: onnx.ModelProto) -> None:
 
 
 def gguf_bundle(bundle_dir: str | os.PathLike, gguf_path: str | os.PathLike, out_dir: str | os.PathLike,
-                accuracy_level: int = 0, embeddings: bool = True, overwrite: bool = False,
+                accuracy_level: int = 4, embeddings: bool = True, overwrite: bool = False,
                 check: bool = True, threads: int | None = None) -> dict[str, Any]:
     """An int4 bundle whose decoder (and embedding) computes with the GGUF's own blocks; returns its manifest."""
     weights = GGUFWeights(gguf_path)
@@ -288,7 +326,7 @@ def folded_row_scales(src: Bundle) -> dict[str, np.ndarray] | None:
     return experts_scales(path)[1]
 
 
-def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 0,
+def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 4,
             embeddings: bool = True) -> dict[str, Any]:
     """Write the GGUF-exact decoder (and embed) graphs of `src` into `out` (the others copied); returns the
     `precision` manifest record. A bundle of a folded checkpoint converts with its factors in the scales."""
@@ -312,7 +350,8 @@ def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 
             graphs[graph] = "unchanged"
     return {"precision": {"name": "int4", "target": "onnxruntime-cpu", "method": "gguf-exact",
                           "gguf": {"path": str(weights.path.resolve()), "sha256": sha256_file(weights.path)},
-                          "block_size": QK, "accuracy_level": accuracy_level, "zero_points": "float",
+                          "block_size": QK, "accuracy_level": accuracy_level,
+                          "form": "MatMulNBits (default zero point) + block-sum offsets MatMul",
                           "lm_head": True, "embeddings": embeddings, "sgm_factors_in_scales": scales is not None,
                           "graphs": graphs}}
 
@@ -322,8 +361,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, type=Path, help="float32 bundle exported from the GGUF's model")
     p.add_argument("--gguf", type=Path, help="the GGUF (default: the embedded default's, from the asset cache)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--accuracy-level", type=int, default=0, choices=(0, 1, 2, 3, 4),
-                   help="MatMulNBits compute type (default 0: float; with float zero points ORT computes in float)")
+    p.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
+                   help="MatMulNBits compute type: 4 int8 activations (default, fast), 1 float32 (exact, slow)")
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="keep the float32 embedding table")
     p.add_argument("--no-check", dest="check", action="store_false")
     p.add_argument("--threads", type=int)

@@ -6,7 +6,8 @@ The SGM intervention scales output channel i of every hooked MLP Linear by alpha
 row_scales, the same vectors the hooks and compile.fold use). Every weight format here quantizes along
 the input dimension per output channel, with w = (q - zp) * scale and zero points in code units, so the
 row scaling moves into the scales exactly and leaves codes and zero points alone:
-- MatMulNBits (int4/int8 blocks, ORT or GGUF-exact): scales [N, blocks] *= alpha[:, None];
+- MatMulNBits (int4/int8 blocks, ORT or GGUF-exact): scales [N, blocks] *= alpha[:, None]; a GGUF-converted
+  Linear's companion offsets MatMul [K / 32, N] (compile.gguf_nbits) has its columns scaled too;
 - DequantizeLinear -> MatMul (blockwise axis 0, scales [K / block, N], or per-channel axis 1, scales [N]): scales *= alpha;
 - MatMul with a float weight [K, N] (an unquantized bundle): columns *= alpha.
 Quantizing a folded checkpoint gives the same codes and zero points with scales multiplied by alpha
@@ -25,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from compile.quantize.derive import copy_graph, derive_bundle
-from compile.quantize.graphs import graph_bytes, load_graph, save_graph, unit_of
+from compile.quantize.graphs import OFFSETS_SUFFIX, graph_bytes, load_graph, save_graph, unit_of
 from runtime import cli
 from runtime.artifacts import MANIFEST, sha256_file
 from runtime.bundle import GRAPHS, Bundle
@@ -83,6 +84,10 @@ def fold_graph(model: onnx.ModelProto, scales: Mapping[str, np.ndarray]) -> tupl
             continue
         alpha = np.asarray(scales[key], dtype=np.float32)
         what = f"{node.name} ({key})"
+        if node.name.endswith(OFFSETS_SUFFIX):  # a GGUF-converted Linear's block offsets [K / 32, N]: columns
+            _scale_tensor(node.input[1], inits, graph, alpha, _columns, uses, what)
+            ops["offsets MatMul"] += 1
+            continue
         if node.op_type == "MatMulNBits":
             n = next(a.i for a in node.attribute if a.name == "N")
             if n != alpha.shape[0]:

@@ -97,7 +97,7 @@ def _transform(spec: QuantSpec) -> Any:
         if method_for(src, spec) == "gguf":
             from compile.gguf_nbits import GGUFWeights, convert, default_gguf
 
-            return convert(src, out, GGUFWeights(spec.gguf or default_gguf()), embeddings=spec.embeddings)
+            return convert(src, out, GGUFWeights(spec.gguf or default_gguf()), spec.accuracy_level, spec.embeddings)
         graphs: dict[str, Any] = {}
         decoder_path = src.graph_path("decoder")
         external = (src.root / (src.spec.graphs["decoder"] + ".data")).is_file()

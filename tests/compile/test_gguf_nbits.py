@@ -120,22 +120,28 @@ def test_decoder_converts_exactly(synthetic):
     model = decoder_graph(hf)
     x = np.random.default_rng(1).standard_normal((1, 3, H)).astype(np.float32)
     want = run(model, {"x": x})
-    converted, stats = g.convert_decoder(decoder_graph(hf), weights, accuracy_level=0)
+    converted, stats = g.convert_decoder(decoder_graph(hf), weights, accuracy_level=1)
     assert stats["converted"] == {"Q4_1": 7, "Q8_0": 1} and stats["max_abs_diff_vs_float32"] < 1e-6
     ops = [n.op_type for n in converted.graph.node]
-    assert ops.count("MatMulNBits") == 8 and "MatMul" not in ops
+    offsets = [n.input[1] for n in converted.graph.node if n.op_type == "MatMul"]
+    assert ops.count("MatMulNBits") == 8 and len(offsets) == 7 and all(o.endswith("_offsets") for o in offsets)
+    assert ops.count("ReduceSum") == 3  # block sums shared: x (q, k, v, gate, up), q (o), act (down)
     assert {t.name for t in converted.graph.initializer}.isdisjoint(set(LINEARS) | {"lm_head"})
     got = run(converted, {"x": x})
-    for a, b in zip(got, want):
+    for a, b in zip(got, want):  # float32 compute (accuracy level 1): the GGUF's weights, exactly
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    fast, _ = g.convert_decoder(decoder_graph(hf), weights)  # accuracy level 4: int8 activations in the kernel
+    for a, b in zip(run(fast, {"x": x}), want):
+        assert np.abs(a - b).max() < 0.02 * np.abs(b).max()
     # the codes are the GGUF's own: unpack the up_proj B and compare with the raw Q4_1 nibbles
-    node = next(n for n in converted.graph.node if "up_proj" in n.name)
+    node = next(n for n in converted.graph.node if "up_proj" in n.name and n.op_type == "MatMulNBits")
     inits = {t.name: numpy_helper.to_array(t) for t in converted.graph.initializer}
     packed = inits[node.input[1]]
     codes = np.concatenate([packed[..., None] & 15, packed[..., None] >> 4], -1).reshape(INTER, -1, 32)
     assert np.array_equal(codes, weights.blocks("blk.0.ffn_up.weight").codes)
+    assert len(node.input) == 3  # no zero points: MatMulNBits' default 8, the fast integer kernels' form
     assert dict((a.name, a.i) for a in node.attribute) == {"K": H, "N": INTER, "bits": 4, "block_size": 32,
-                                                         "accuracy_level": 0}
+                                                         "accuracy_level": 1}
 
 
 def test_sgm_row_scales_fold_into_the_scales(synthetic):
@@ -147,12 +153,32 @@ def test_sgm_row_scales_fold_into_the_scales(synthetic):
     folded_hf["mlp/up_proj"] = hf["mlp/up_proj"] * alpha["layers.0.mlp.up_proj"][:, None]
     folded_hf["mlp/down_proj"] = hf["mlp/down_proj"] * alpha["layers.0.mlp.down_proj"][:, None]
     with pytest.raises(UserError, match="differ from the bundle's"):  # the folded graph is not the GGUF as is
-        g.convert_decoder(decoder_graph(folded_hf), weights, 0)
-    converted, stats = g.convert_decoder(decoder_graph(folded_hf), weights, 0, alpha)
+        g.convert_decoder(decoder_graph(folded_hf), weights, 1)
+    converted, stats = g.convert_decoder(decoder_graph(folded_hf), weights, 1, alpha)
     assert stats["folded_modules"] == 2 and stats["max_abs_diff_vs_float32"] < 1e-6
     x = np.random.default_rng(5).standard_normal((1, 3, H)).astype(np.float32)
     np.testing.assert_allclose(run(converted, {"x": x})[0], run(decoder_graph(folded_hf), {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_qfold_of_the_converted_graph_equals_converting_the_folded_one(synthetic):
+    """compile.qfold on a GGUF-converted decoder scales MatMulNBits scales and the offsets' columns."""
+    from compile.qfold import fold_graph
+
+    _, hf, weights = synthetic
+    alpha = {"layers.0.mlp.gate_proj": np.random.default_rng(4).uniform(0.2, 1, INTER).astype(np.float32)}
+    folded_hf = {**hf, "mlp/gate_proj": hf["mlp/gate_proj"] * alpha["layers.0.mlp.gate_proj"][:, None]}
+    a, _ = g.convert_decoder(decoder_graph(folded_hf), weights, 1, alpha)
+    b, report = fold_graph(g.convert_decoder(decoder_graph(hf), weights, 1)[0], alpha)
+    assert report["ops"] == {"MatMulNBits": 1, "offsets MatMul": 1}
+    ta = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    tb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if ta[k].dtype == np.uint8:
+            assert np.array_equal(ta[k], tb[k]), k
+        else:  # offsets m + 8 d may cancel: compare on the tensor's own scale
+            np.testing.assert_allclose(tb[k], ta[k], rtol=1e-6, atol=1e-6 * np.abs(ta[k]).max(), err_msg=k)
 
 
 def test_embedding_converts_to_8bit_gather(synthetic):
@@ -167,7 +193,7 @@ def test_foreign_or_unsupported_gguf_is_refused(synthetic, tmp_path: Path):
     _, hf, _ = synthetic
     write_gguf(tmp_path / "other.gguf", seed=9)
     with pytest.raises(UserError, match="not the checkpoint the bundle was exported from"):
-        g.convert_decoder(decoder_graph(hf), g.GGUFWeights(tmp_path / "other.gguf"), 0)
+        g.convert_decoder(decoder_graph(hf), g.GGUFWeights(tmp_path / "other.gguf"), 1)
     writer = gguf.GGUFWriter(str(tmp_path / "f16.gguf"), "llama")
     writer.add_tensor("blk.0.ffn_up.weight", np.zeros((INTER, H), np.float16))
     writer.write_header_to_file()
@@ -185,10 +211,11 @@ def test_foreign_or_unsupported_gguf_is_refused(synthetic, tmp_path: Path):
 
 @pytest.mark.slow
 def test_the_default_converts_exactly(tmp_path: Path):
-    """smol-llava's exported bundle -> GGUF-exact int4: teacher-forced top-1 agreement 1.0 with float32."""
+    """smol-llava's exported bundle -> GGUF-exact int4 (accuracy level 4): within 1% NLL of float32."""
     from compile.bundle import export_bundle
 
     export_bundle("smol-llava", tmp_path / "fp32")
     manifest = g.gguf_bundle(tmp_path / "fp32", g.default_gguf(), tmp_path / "int4", threads=2)
     assert manifest["precision"]["graphs"]["decoder"]["converted"] == {"Q4_1": 210, "Q8_0": 1}
-    assert manifest["check"]["top1_agreement"] == 1.0 and manifest["check"]["max_abs_dlogit"] < 1e-3
+    assert manifest["check"]["top1_agreement"] > 0.95
+    assert manifest["check"]["mean_nll_new"] < 1.01 * manifest["check"]["mean_nll_source"]
