@@ -13,17 +13,36 @@ from pathlib import Path
 
 from calib.models.base import MLP_MODULES, MlpUnit, MultimodalModel
 from runtime import assets
+from runtime.artifacts import read_manifest, sha256_file
 from runtime.errors import UserError
 
 NAMES = ("smol-llava", "llava", "tiny-random-llava")
-SMOL_LLAVA_KEY = "smol-llava-v1"
+SMOL_LLAVA_KEY = "smol-llava-v2"
+# The trained projector shipped with the package (python -m calib.align writes it), with its manifest.
+SHIPPED_PROJECTOR = Path(__file__).resolve().parent / "assets" / "smol_llava_projector.safetensors"
+
+
+def shipped_projector() -> Path | None:
+    """The shipped projector, checked against the sha256 in its manifest; None when the package has none."""
+    if not SHIPPED_PROJECTOR.is_file():
+        return None
+    manifest = read_manifest(SHIPPED_PROJECTOR.parent, verify=True)
+    if SHIPPED_PROJECTOR.name not in manifest.get("files", {}):
+        raise UserError(f"{SHIPPED_PROJECTOR.parent / 'manifest.json'} does not list {SHIPPED_PROJECTOR.name}; "
+                        "reinstall the package or regenerate the projector with python -m calib.align")
+    return SHIPPED_PROJECTOR
 
 
 def smol_llava_dir() -> Path:
-    """The embedded default's directory in the asset cache (built on first use)."""
+    """The embedded default's directory in the asset cache (built on first use), with the shipped projector.
+
+    The cache key carries the projector's hash, so a new projector never reuses a directory built with another.
+    """
     from calib.models import smol_llava
 
-    return assets.derived(SMOL_LLAVA_KEY, lambda out: smol_llava.build(out), kind="model:smol-llava")
+    projector = shipped_projector()
+    key = f"{SMOL_LLAVA_KEY}-{sha256_file(projector)[:12]}" if projector else f"{SMOL_LLAVA_KEY}-seeded-random"
+    return assets.derived(key, lambda out: smol_llava.build(out, projector=projector), kind="model:smol-llava")
 
 
 def tiny_random_llava_dir() -> Path:
@@ -79,4 +98,4 @@ def load_model(name_or_path: str) -> MultimodalModel:
 load_generator = load_model
 
 __all__ = ["MLP_MODULES", "MlpUnit", "MultimodalModel", "NAMES", "load_model", "load_generator", "resolve",
-           "smol_llava_dir", "tiny_random_llava_dir"]
+           "shipped_projector", "smol_llava_dir", "tiny_random_llava_dir"]

