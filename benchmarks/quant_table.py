@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed-rounds", type=int, default=3)
     p.add_argument("--speed-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip", nargs="*", default=(), choices=("speed", "eval", "agreement"))
+    p.add_argument("--skip", nargs="*", default=(), choices=("speed", "agreement"))
     args = p.parse_args(argv)
     bundles = dict(b.split("=", 1) for b in args.bundle)
     bundles = {k: Path(v) for k, v in bundles.items()}
@@ -157,14 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--reference {args.reference} is not one of the bundles")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    speed = {} if "speed" in args.skip else decode_speed(bundles, args.speed_rounds, args.speed_tokens, args.threads)
+    reports = {name: evaluate(name, path, args.out, args.limit, args.threads) for name, path in bundles.items()}
     agree: dict[str, Any] = {}
     if "agreement" not in args.skip:
         items = check_items()
         ref = BundleGenerator.open(bundles[args.reference], threads=args.threads)
         for name, path in bundles.items():
             agree[name] = agreement(ref, BundleGenerator.open(path, threads=args.threads), items).to_dict()
-    reports = {name: evaluate(name, path, args.out, args.limit, args.threads) for name, path in bundles.items()}
+    speed = {} if "speed" in args.skip else decode_speed(bundles, args.speed_rounds, args.speed_tokens, args.threads)
     rows = [row(n, bundles[n], reports[n], speed.get(n), agree.get(n)) for n in bundles]
     gate(rows, args.reference)
     meta = {"reference": args.reference, "items per condition": args.limit or "all (evaluation split)",
