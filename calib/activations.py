@@ -73,7 +73,7 @@ def _embeds(model: Any, sample: CalibSample, lay: Layout) -> torch.Tensor:
     """[s, hidden]: the prompt with its image spliced in, then the response tokens embedded as generation
     embeds them (a generated id that happens to be the image token stays a plain token)."""
     prompt = model.inputs_embeds(lay.prompt_ids, [sample.image] if sample.image is not None else [])
-    response = model.embed_tokens(torch.tensor(lay.response_ids, dtype=torch.long)[None])[0]
+    response = model.embed_tokens(torch.tensor(lay.response_ids, dtype=torch.long, device=prompt.device)[None])[0]
     return torch.cat([prompt, response.to(prompt.dtype)], dim=0)
 
 
@@ -158,8 +158,8 @@ def collect(model: Any, samples: Sequence[CalibSample], store_path: str | os.Pat
                     attention[i, :e.shape[0]] = 1
                     pooler.mask[i, len(lay.prompt_ids):e.shape[0]] = True
                 pooler.rows = torch.empty((b, store.n_units), dtype=torch.float32)
-                positions = torch.arange(length)[None].expand(b, -1)
-                model.decode(x, attention, positions, None, logits_to_keep=1)
+                positions = torch.arange(length, device=x.device)[None].expand(b, -1)
+                model.decode(x, attention.to(x.device), positions, None, logits_to_keep=1)
                 store.append(pooler.rows.numpy(), [s.label for s, _ in batch])
     except BaseException:
         store.delete()

@@ -229,6 +229,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int, default=48)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--judge", help="toxicity judge for the responses (default: runtime.judges' default)")
+    c.add_argument("--label-threshold", type=float,
+                   help="a response is toxic when its judge score reaches this (default: the judge's own threshold)")
     c.add_argument("--responses", help="response cache JSONL (default: in the asset cache)")
     c.add_argument("--rtp-text", default="prompt", choices=("prompt", "continuation", "both"))
     s = p.add_argument_group("scoring")
@@ -291,7 +293,8 @@ def _calibration(args: Any, model: Any) -> tuple[list, dict[str, Any]]:
     safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model.name)
     cache = Path(args.responses) if args.responses else assets.cache_dir() / "calib-responses" / f"{safe_name}.jsonl"
     samples = calibset.model_responses(model, items, judge, cache, config=config,
-                                       samples_per_item=args.samples_per_item, batch_size=args.batch_size)
+                                       samples_per_item=args.samples_per_item, batch_size=args.batch_size,
+                                       threshold=args.label_threshold)
     by_condition: dict[str, dict[str, int]] = {}
     for s in samples:
         row = by_condition.setdefault(s.source.split(":", 1)[1], {"toxic": 0, "nontoxic": 0})
@@ -299,6 +302,7 @@ def _calibration(args: Any, model: Any) -> tuple[list, dict[str, Any]]:
     return samples, calibset.calibset_info(
         samples, "mmtoxicqa", dataset=dataset_info(root), conditions=args.conditions, limit=args.limit,
         samples_per_item=args.samples_per_item, generation=config.to_dict(), judge=judge.describe(),
+        label_threshold=args.label_threshold if args.label_threshold is not None else getattr(judge, "threshold", 0.5),
         labels_by_condition=by_condition)
 
 
@@ -342,9 +346,14 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
     if n_toxic == 0 or n_toxic == len(samples):
         raise UserError(f"the calibration set has {n_toxic} toxic of {len(samples)} samples; scoring needs both. "
                         f"Sample more responses (--samples-per-item), add conditions, or use --calib rtp:FILE")
-    store, summary = collect(model, samples, store_path_in(args.work_dir), pooling=args.pooling,
-                             batch_size=args.batch_size, max_response_tokens=args.max_response_tokens,
-                             store_dtype=args.store_dtype, match_lengths=args.match_lengths, seed=args.seed)
+    path = store_path_in(args.work_dir)
+    try:
+        store, summary = collect(model, samples, path, pooling=args.pooling, batch_size=args.batch_size,
+                                 max_response_tokens=args.max_response_tokens, store_dtype=args.store_dtype,
+                                 match_lengths=args.match_lengths, seed=args.seed)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     try:
         flat = store.auroc(progress=True)
         by_key = store.split(flat)
