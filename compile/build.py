@@ -27,6 +27,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-qdq", "int4-qdq")
 # a real measurement (the MM-TOXIC-QA dataset has 100 calibration and 50 evaluation items per condition).
 DEFAULT_CALIB_LIMIT = 40
 DEFAULT_EVAL_LIMIT = 20
+DEFAULT_TOP_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", type=float, help="SGM strength s in alpha = clip(1 - s(2 AUROC - 1), 0, 1)")
     g.add_argument("--threshold", type=float, help="only units with AUROC above this are suppressed")
     g.add_argument("--top-k", type=int, help="cap the number of suppressed units (global, by AUROC)")
+    g.add_argument("--top-fraction", type=float, default=DEFAULT_TOP_FRACTION,
+                   help="cap as a fraction of all MLP units when --top-k is not given (default %(default)s; 0 = no "
+                        "cap). Broad dampening breaks small models (METHOD.md: AurA on SmolLM2 touched 68%% of "
+                        "units and doubled perplexity; the top 1%% kept it within 10%%)")
     g.add_argument("--pooling", choices=("max", "mean"), default="max", help="pooling over response tokens")
     g.add_argument("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT,
                    help="calibration items per condition (default %(default)s; 0 = all)")
@@ -155,6 +160,19 @@ def _model_key(location: Path | str) -> dict[str, Any]:
     return {"location": str(location)}
 
 
+def unit_count(location: Path | str) -> int:
+    """How many MLP units (gate, up and down outputs of every decoder layer) the model has, from its config."""
+    p = Path(str(location)) / "config.json"
+    if p.is_file():
+        config = json.loads(p.read_text())
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(location)).to_dict()
+    text = config.get("text_config", config)
+    return int(text["num_hidden_layers"]) * (2 * int(text["intermediate_size"]) + int(text["hidden_size"]))
+
+
 def run_build(args: argparse.Namespace) -> dict[str, Any]:
     """Chain the stages; return the final report (or None when evaluation is skipped)."""
     from calib.models import resolve
@@ -172,7 +190,10 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         from calib import experts as calib_experts
 
         argv = ["--model", args.model, "--method", args.method, "--pooling", args.pooling, "--seed", str(args.seed)]
-        for flag, value in (("--strength", args.strength), ("--threshold", args.threshold), ("--top-k", args.top_k)):
+        top_k = args.top_k
+        if top_k is None and args.top_fraction and args.method in ("sgm", "det0", "damp"):
+            top_k = max(1, round(args.top_fraction * unit_count(location)))
+        for flag, value in (("--strength", args.strength), ("--threshold", args.threshold), ("--top-k", top_k)):
             if value is not None:
                 argv += [flag, str(value)]
         if calib_limit:
@@ -246,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if not 0.0 <= args.top_fraction < 1.0:
+        raise UserError(f"--top-fraction must be in [0, 1), got {args.top_fraction}")
     model_type, location = resolve(args.model)
     print(f"model: {args.model} ({model_type}, {location})")
     if args.experts is not None and not (args.experts / MANIFEST).is_file():
