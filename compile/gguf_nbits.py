@@ -195,6 +195,38 @@ def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int,
     return nodes, inits
 
 
+def pack_int4(values: np.ndarray) -> bytes:
+    """ONNX INT4 raw data: signed values -8..7 in row-major order, two per byte, the first in the low nibble."""
+    flat = (values.reshape(-1).astype(np.int16) & 0x0F).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).tobytes()
+
+
+def dequantize_linear_nodes(node: onnx.NodeProto, blocks: Blocks, block_sums: str | None) -> tuple[list, list]:
+    """TensorRT's int4 weight-only form: symmetric blockwise DequantizeLinear (int4 codes q - 8 [K, N], scales
+    [K / 32, N], axis 0) -> MatMul, plus the block-sum offsets MatMul (standard ONNX ops only)."""
+    if blocks.bits != 4:
+        raise ValueError("only 4-bit blocks have a TensorRT Q/DQ form here")
+    n, nb, _ = blocks.codes.shape
+    base = node.name.strip("/").replace("/", "_")
+    signed = (blocks.codes.astype(np.int16) - 8).reshape(n, nb * QK).T
+    q = helper.make_tensor(base + "_q4", onnx.TensorProto.INT4, [nb * QK, n], pack_int4(signed), raw=True)
+    scales = numpy_helper.from_array(np.ascontiguousarray(blocks.scales.T), base + "_scales")
+    correction = blocks.correction()
+    out = node.output[0] if not correction.any() else node.output[0] + "_dq"
+    nodes = [helper.make_node("DequantizeLinear", [q.name, scales.name], [base + "_w"], axis=0, block_size=QK,
+                              name=node.name + "_DQ"),
+             helper.make_node("MatMul", [node.input[0], base + "_w"], [out], name=node.name + "_Q4")]
+    inits = [q, scales]
+    if correction.any():
+        inits.append(numpy_helper.from_array(correction, base + OFFSETS_SUFFIX))
+        nodes += [helper.make_node("MatMul", [block_sums, inits[-1].name], [out + OFFSETS_SUFFIX],
+                                   name=node.name + OFFSETS_SUFFIX),
+                  helper.make_node("Add", [out, out + OFFSETS_SUFFIX], [node.output[0]], name=node.name + "_add_offsets")]
+    return nodes, inits
+
+
 def _block_sums(a: str, k: int) -> tuple[str, list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes computing the 32-element block sums of activation `a` [b, s, K] -> [b, s, K / 32]."""
     shape = numpy_helper.from_array(np.array([0, 0, k // QK, QK], np.int64), f"{a}_blocks_shape")
@@ -206,8 +238,11 @@ def _block_sums(a: str, k: int) -> tuple[str, list[onnx.NodeProto], list[onnx.Te
 
 
 def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int = 4,
-                    row_scales: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
+                    row_scales: dict[str, np.ndarray] | None = None, qdq: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph).
+
+    With `qdq`, the TensorRT form instead: the Q4_1 Linears as int4 DequantizeLinear -> MatMul (+ offsets), the
+    Q8_0 lm_head left a float MatMul (TensorRT quantizes int8 per tensor or channel only, not in blocks).
 
     `row_scales` (a folded bundle's SGM factors per MLP unit) multiply the blocks' scales and offsets before
     the check, so a detoxified bundle converts too: its float32 weights must equal the folded GGUF blocks.
@@ -218,10 +253,14 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
     converted: dict[str, int] = {}
     folded: list[str] = []
     sums_of: dict[str, str] = {}  # block sums shared by the Linears reading the same activation
+    kept_float: list[str] = []
     for node in graph.node:
         name = gguf_name(node.name) if node.op_type == "MatMul" and node.input[1] in inits else None
-        if name is None:
+        if name is None or (qdq and weights.types[name] != "Q4_1"):
             nodes.append(node)
+            if name is not None:
+                worst = max(worst, _check(weights.blocks(name), numpy_helper.to_array(inits[node.input[1]]), node.name))
+                kept_float.append(node.name)
             continue
         blocks = weights.blocks(name)
         unit = unit_of(node.name)
@@ -236,13 +275,14 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
                 nodes.extend(extra)
                 added.extend(consts)
             sums = sums_of[node.input[0]]
-        new, tensors = matmul_nbits_node(node, blocks, accuracy_level, sums)
+        new, tensors = (dequantize_linear_nodes(node, blocks, sums) if qdq
+                        else matmul_nbits_node(node, blocks, accuracy_level, sums))
         nodes.extend(new)
         added.extend(tensors)
         dropped.add(node.input[1])
         converted[weights.types[name]] = converted.get(weights.types[name], 0) + 1
     expected = 7 * sum(1 for n in graph.node if n.op_type == "MatMul" and n.name.endswith("q_proj/MatMul"))
-    if sum(converted.values()) < expected:
+    if sum(converted.values()) + len(kept_float) < expected:
         raise UserError(f"only {sum(converted.values())} of the decoder's Linears map to GGUF tensors; the graph "
                         "does not come from a llama-family export this converter knows")
     still_used = {i for n in nodes for i in n.input}
@@ -253,8 +293,10 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
     graph.initializer.extend(keep + added)
     if row_scales and sorted(folded) != sorted(row_scales):
         raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no GGUF-converted MatMul")
-    _com_microsoft(model)
-    return model, {"converted": converted, "max_abs_diff_vs_float32": worst, "folded_modules": len(folded)}
+    if not qdq:
+        _com_microsoft(model)
+    return model, {"converted": converted, "max_abs_diff_vs_float32": worst, "folded_modules": len(folded),
+                   "kept_float": kept_float}
 
 
 def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.ModelProto, dict]:
@@ -327,33 +369,47 @@ def folded_row_scales(src: Bundle) -> dict[str, np.ndarray] | None:
 
 
 def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 4,
-            embeddings: bool = True) -> dict[str, Any]:
-    """Write the GGUF-exact decoder (and embed) graphs of `src` into `out` (the others copied); returns the
-    `precision` manifest record. A bundle of a folded checkpoint converts with its factors in the scales."""
+            embeddings: bool = True, qdq: bool = False) -> dict[str, Any]:
+    """Write the GGUF-exact graphs of `src` into `out` (the others copied); returns the `precision` manifest
+    record. A bundle of a folded checkpoint converts with its factors in the scales.
+
+    Default: ONNX Runtime's form (int4 MatMulNBits decoder, 8-bit lm_head and embedding). With `qdq`: TensorRT's
+    (precision "int4-qdq"): all graphs in float16, decoder Linears as int4 DequantizeLinear -> MatMul (opset 21).
+    """
+    from compile.quantize.ort_cpu import upgrade_opset
+    from compile.quantize.trt_graphs import fp16
+
     if src.manifest.get("precision", {}).get("name", src.spec.dtype) != "float32":
         raise UserError(f"{src.root} is not a float32 bundle; convert the bundle compile.export wrote")
     if src.manifest.get("detoxified_in_graph"):
         raise UserError(f"{src.root} was detoxified by compile.qfold; convert its source and apply compile.qfold after")
     scales = folded_row_scales(src)
     graphs: dict[str, Any] = {}
-    for graph, fn in (("decoder", lambda m: convert_decoder(m, weights, accuracy_level, scales)),
-                      ("embed", lambda m: convert_embed(m, weights))):
-        if graph == "embed" and not embeddings:
-            continue
-        model, stats = fn(load_graph(src.graph_path(graph)))
-        rel = src.spec.graphs[graph]
-        save_graph(model, out / rel)
-        graphs[graph] = {**stats, "bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel)}
     for graph in GRAPHS:
-        if graph not in graphs:
+        rel = src.spec.graphs[graph]
+        model = load_graph(src.graph_path(graph))
+        stats: dict[str, Any] = {}
+        if graph == "decoder":
+            model, stats = convert_decoder(upgrade_opset(model) if qdq else model, weights, accuracy_level, scales, qdq)
+        elif graph == "embed" and embeddings and not qdq:
+            model, stats = convert_embed(model, weights)
+        elif not qdq:
             copy_graph(src, graph, out)
             graphs[graph] = "unchanged"
-    return {"precision": {"name": "int4", "target": "onnxruntime-cpu", "method": "gguf-exact",
+            continue
+        if qdq:
+            model = fp16(model)
+            stats["dtype"] = "float16"
+        save_graph(model, out / rel)
+        graphs[graph] = {**stats, "bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel)}
+    form = ("float16; int4 DequantizeLinear (symmetric, block 32, axis 0) -> MatMul + block-sum offsets MatMul; "
+            "lm_head float16" if qdq else "MatMulNBits (default zero point) + block-sum offsets MatMul")
+    return {"precision": {"name": "int4-qdq" if qdq else "int4", "target": "tensorrt" if qdq else "onnxruntime-cpu",
+                          "method": "gguf-exact",
                           "gguf": {"path": str(weights.path.resolve()), "sha256": sha256_file(weights.path)},
-                          "block_size": QK, "accuracy_level": accuracy_level,
-                          "form": "MatMulNBits (default zero point) + block-sum offsets MatMul",
-                          "lm_head": True, "embeddings": embeddings, "sgm_factors_in_scales": scales is not None,
-                          "graphs": graphs}}
+                          "block_size": QK, "accuracy_level": None if qdq else accuracy_level, "form": form,
+                          "lm_head": not qdq, "embeddings": embeddings and not qdq,
+                          "sgm_factors_in_scales": scales is not None, "graphs": graphs}}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ Precisions (the source must be a float32 bundle from compile.export):
   per-channel with reduce_range (--int8-mode dynamic; the AVX2-without-VNNI caveat of FACTS.md);
 - fp16: all three graphs in float16 (TensorRT / CUDA);
 - int4-qdq: fp16 graphs, decoder weights as symmetric blockwise int4 DequantizeLinear -> MatMul (TensorRT's
-  int4 weight-only form, the layout AWQ produces; RTN scales here);
+  int4 weight-only form, the layout AWQ produces): the GGUF's own blocks for smol-llava (method gguf, plus a
+  block-sum offsets MatMul), RTN scales otherwise;
 - int8-qdq: int8 Q/DQ on decoder MatMul activations and weights (TensorRT explicit INT8), activation
   ranges calibrated on decoder inputs the source bundle computes itself.
 Row scaling (the SGM fold) commutes with all of these weight quantizations: see compile.qfold.
@@ -38,8 +39,9 @@ TARGETS = {"int4": "onnxruntime-cpu", "int8": "onnxruntime-cpu", "fp16": "tensor
            "int8-qdq": "tensorrt"}
 PRECISIONS = tuple(TARGETS)
 INT8_MODES = ("weight-only", "dynamic")
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-METHODS = ("auto", "rtn", "gguf")  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+METHODS = ("auto", "rtn", "gguf")
+GGUF_PRECISIONS = ("int4", "int4-qdq")
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,8 @@ class QuantSpec:
             raise UserError("calibration needs at least one item")
         if self.method not in METHODS:
             raise UserError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "gguf" and self.precision != "int4":
-            raise UserError("GGUF blocks convert exactly only to int4 (--precision int4)")
+        if self.method == "gguf" and self.precision not in GGUF_PRECISIONS:
+            raise UserError("GGUF blocks convert exactly only to int4 or int4-qdq")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "keep_fp32": list(self.keep_fp32)}
@@ -88,7 +90,7 @@ def method_for(src: Bundle, spec: QuantSpec) -> str:
     """The int4 method: the embedded default (whose language model is a Q4_1 GGUF) converts its own blocks."""
     if spec.method != "auto":
         return spec.method
-    return "gguf" if spec.precision == "int4" and src.manifest.get("model_type") == "smol-llava" else "rtn"
+    return "gguf" if spec.precision in GGUF_PRECISIONS and src.manifest.get("model_type") == "smol-llava" else "rtn"
 
 
 def _transform(spec: QuantSpec) -> Any:
@@ -97,7 +99,8 @@ def _transform(spec: QuantSpec) -> Any:
         if method_for(src, spec) == "gguf":
             from compile.gguf_nbits import GGUFWeights, convert, default_gguf
 
-            return convert(src, out, GGUFWeights(spec.gguf or default_gguf()), spec.accuracy_level, spec.embeddings)
+            return convert(src, out, GGUFWeights(spec.gguf or default_gguf()), spec.accuracy_level, spec.embeddings,
+                           qdq=p == "int4-qdq")
         graphs: dict[str, Any] = {}
         decoder_path = src.graph_path("decoder")
         external = (src.root / (src.spec.graphs["decoder"] + ".data")).is_file()
@@ -162,9 +165,12 @@ def quantize_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, s
         from compile.quantize.check import agreement, check_items
         from runtime.generate import BundleGenerator
 
-        items = check_items()
-        return agreement(BundleGenerator.open(src.root, threads=threads), BundleGenerator.open(tmp, threads=threads),
-                         items).to_dict()
+        # a TensorRT graph is evaluated as written: ORT's own fusions would turn its Q/DQ MatMuls into ORT's
+        # integer kernels (int8 activations), which is not what TensorRT computes
+        optimization = "disable" if TARGETS[spec.precision] == "tensorrt" else "all"
+        new = BundleGenerator.open(tmp, threads=threads, optimization=optimization)
+        result = agreement(BundleGenerator.open(src.root, threads=threads), new, check_items()).to_dict()
+        return {**result, "evaluated_with": f"onnxruntime CPU, graph optimization {optimization}"}
 
     return derive_bundle(src.root, out_dir, _transform(spec), dtype=dtype, overwrite=overwrite,
                          after=measure if check else None)

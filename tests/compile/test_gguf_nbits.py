@@ -87,8 +87,11 @@ def embed_graph(hf: dict[str, np.ndarray]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def run(model: onnx.ModelProto, feeds: dict, optimize: bool = True) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    if not optimize:  # ORT fuses DequantizeLinear + MatMul into MatMulNBits with int8 activations
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return s.run(None, feeds)
 
 
@@ -219,3 +222,25 @@ def test_the_default_converts_exactly(tmp_path: Path):
     assert manifest["precision"]["graphs"]["decoder"]["converted"] == {"Q4_1": 210, "Q8_0": 1}
     assert manifest["check"]["top1_agreement"] > 0.95
     assert manifest["check"]["mean_nll_new"] < 1.01 * manifest["check"]["mean_nll_source"]
+
+
+def test_tensorrt_qdq_form_uses_standard_ops_only(synthetic):
+    """int4-qdq: int4 DequantizeLinear (symmetric, blocks of 32 on axis 0) + offsets; lm_head stays float."""
+    from compile.quantize.ort_cpu import upgrade_opset
+
+    _, hf, weights = synthetic
+    x = np.random.default_rng(1).standard_normal((1, 3, H)).astype(np.float32)
+    want = run(decoder_graph(hf), {"x": x})
+    converted, stats = g.convert_decoder(upgrade_opset(decoder_graph(hf)), weights, qdq=True)
+    assert stats["converted"] == {"Q4_1": 7} and stats["kept_float"] == ["/inner/lm_head/MatMul"]
+    assert {n.domain for n in converted.graph.node} == {""}  # nothing TensorRT's parser would refuse as contrib
+    inits = {t.name: t for t in converted.graph.initializer}
+    dq = [n for n in converted.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 7 and all(len(n.input) == 2 for n in dq)  # no zero points
+    assert {inits[n.input[0]].data_type for n in dq} == {onnx.TensorProto.INT4}
+    assert all({a.name: a.i for a in n.attribute} == {"axis": 0, "block_size": 32} for n in dq)
+    for a, b in zip(run(converted, {"x": x}, optimize=False), want):  # float32 math on the GGUF's weights: exact
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    up = next(n for n in dq if "up_proj" in n.name)
+    w = numpy_helper.to_array(inits[up.input[0]]).astype(np.int16)  # [K, N], -8..7
+    assert np.array_equal(w.T.reshape(INTER, -1, 32) + 8, weights.blocks("blk.0.ffn_up.weight").codes)
