@@ -227,17 +227,21 @@ class TrtBackend(Backend):
         self.cuda.set_device(options.device)
         self._check_device()
         self.stream = self.cuda.stream_create()
-        runtime = self.trt.Runtime(trt_logger(self.trt, options.log_level))
-        self._engines = {g: _Engine(self.trt, runtime, self.engines_dir / self.manifest["engines"][g]["file"], g,
-                                    self.stream) for g in GRAPH_ORDER}
         spec = bundle.spec
         d = spec.decoder
         self._past = d.past_names(spec.num_layers)
         self._present = d.present_names(spec.num_layers)
-        self._engines["vision"].check_io([spec.vision.input], [spec.vision.output])
-        self._engines["embed"].check_io([spec.embed.input], [spec.embed.output])
-        self._engines["decoder"].check_io([d.inputs_embeds, d.attention_mask, d.position_ids, *self._past],
-                                          [d.logits, *self._present])
+        try:
+            runtime = self.trt.Runtime(trt_logger(self.trt, options.log_level))
+            self._engines = {g: _Engine(self.trt, runtime, self.engines_dir / self.manifest["engines"][g]["file"], g,
+                                        self.stream) for g in GRAPH_ORDER}
+            self._engines["vision"].check_io([spec.vision.input], [spec.vision.output])
+            self._engines["embed"].check_io([spec.embed.input], [spec.embed.output])
+            self._engines["decoder"].check_io([d.inputs_embeds, d.attention_mask, d.position_ids, *self._past],
+                                              [d.logits, *self._present])
+        except BaseException:
+            self.cuda.stream_destroy(self.stream)
+            raise
         self._staging: dict[str, _Buffer] = {}
         self._outputs: dict[str, _Buffer] = {}
         self._kv = [[_Buffer(self.cuda) for _ in self._past] for _ in range(2)]

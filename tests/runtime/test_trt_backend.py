@@ -210,6 +210,7 @@ def test_corrupt_engine_is_refused(tiny_export: Path, tmp_path: Path):
         TrtBackend(load_bundle(tiny_export), TrtOptions(engines=engines), trt=trt, cuda=cuda)
     with pytest.raises(UserError, match="could not deserialize"):
         TrtBackend(load_bundle(tiny_export), TrtOptions(engines=engines, verify=False), trt=trt, cuda=cuda)
+    assert not cuda.streams  # the failed open gave its stream back
 
 
 def test_without_tensorrt_the_error_says_what_to_install(monkeypatch):
