@@ -134,15 +134,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from runtime.errors import UserError
+    """Train, evaluate and write the projector; a user error prints one line and returns 2."""
+    from runtime import cli
 
-    args = _parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    def _main(a: Sequence[str] | None) -> None:
+        run(_parser().parse_args(a))
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from runtime import cli
 from runtime.errors import UserError
 from runtime.judges.base import Judge
 from runtime.mmtoxicqa import corpus
@@ -133,14 +134,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None) -> None:
     args = _parser().parse_args(argv)
-    try:
-        _build(args) if args.command == "build" else _run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    _build(args) if args.command == "build" else _run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; a user error prints one line and returns 2."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
