@@ -56,6 +56,7 @@ class QuantSpec:
     embeddings: bool = True
     int8_mode: str = "weight-only"
     calibration_items: int = 16
+    skip_modules: tuple[str, ...] = ()  # int8-qdq: MatMuls whose node name contains one of these stay float
     keep_fp32: tuple[str, ...] = ()
     method: str = "auto"  # int4: "gguf" (exact GGUF blocks), "rtn" (ORT's quantizer); auto: gguf for smol-llava
     gguf: str | None = None  # the GGUF for method gguf (default: the embedded default's)
@@ -77,7 +78,7 @@ class QuantSpec:
             raise UserError("GGUF blocks convert exactly only to int4 or int4-qdq")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "keep_fp32": list(self.keep_fp32)}
+        return {**asdict(self), "keep_fp32": list(self.keep_fp32), "skip_modules": list(self.skip_modules)}
 
 
 def _rewrite(src: Bundle, out: Path, graph: str, model: Any) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def _transform(spec: QuantSpec) -> Any:
             n_img = spec.calibration_items // 2
             feeds = decoder_feeds(src.root, calibration_items(n_img, spec.calibration_items - n_img))
             rel = src.spec.graphs["decoder"]
-            stats = trt_graphs.static_int8(decoder_path, out / rel, feeds, spec.lm_head, external)
+            stats = trt_graphs.static_int8(decoder_path, out / rel, feeds, spec.lm_head, external, spec.skip_modules)
             graphs["decoder"] = {**stats, "bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel)}
         if p == "int4" and spec.embeddings:
             model, stats = ort_cpu.int4_embeddings(load_graph(src.graph_path("embed")), spec.block_size, spec.symmetric)

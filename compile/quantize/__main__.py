@@ -27,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
                    help="keep the embedding table in float (int4 quantizes it by default)")
     p.add_argument("--int8-mode", choices=INT8_MODES, default=d.int8_mode)
     p.add_argument("--calibration-items", type=int, default=d.calibration_items, help="int8-qdq calibration prompts")
+    p.add_argument("--skip-modules", nargs="*", default=(),
+                   help="int8-qdq: MatMuls whose node name contains one of these stay float (e.g. down_proj)")
     p.add_argument("--keep-fp32", nargs="*", default=(), help="op types kept in float32 in fp16 graphs")
     p.add_argument("--method", choices=METHODS, default=d.method,
                    help="int4: gguf (exact GGUF blocks) or rtn (ORT's quantizer); auto: gguf for smol-llava")
@@ -42,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = QuantSpec(args.precision, block_size=args.block_size, accuracy_level=args.accuracy_level,
                      symmetric=args.symmetric, lm_head=args.lm_head, embeddings=args.embeddings,
                      int8_mode=args.int8_mode, calibration_items=args.calibration_items,
+                     skip_modules=tuple(args.skip_modules),
                      keep_fp32=tuple(args.keep_fp32), method=args.method,
                      gguf=str(args.gguf) if args.gguf else None)
     manifest = quantize_bundle(args.bundle, args.out, spec, overwrite=args.overwrite, check=args.check,

@@ -40,23 +40,22 @@ class FeedReader:
 
 
 def static_int8(src: str | os.PathLike, out: str | os.PathLike, feeds: Sequence[dict[str, np.ndarray]],
-                lm_head: bool, external_data: bool, method: str = "minmax") -> dict[str, Any]:
-    """int8 Q/DQ (W8A8, symmetric) on every MatMul with a constant weight, calibrated on `feeds`."""
+                lm_head: bool, external_data: bool, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """int8 Q/DQ (W8A8, symmetric) on every MatMul with a constant weight whose name contains none of `skip`,
+    activation ranges from min/max over `feeds` (ORT's histogram calibrators need equal-shaped feeds)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(src), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     targets = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
-               and (lm_head or not is_lm_head(n.name))]
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+               and (lm_head or not is_lm_head(n.name)) and not any(part in n.name for part in skip)]
     quantize_static(str(src), str(out), FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=targets,
-                    op_types_to_quantize=["MatMul"], calibrate_method=methods[method],
+                    op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=external_data,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     done = onnx.load(str(out), load_external_data=False)
-    return {"op": "QuantizeLinear/DequantizeLinear int8", "calibration": {"method": method, "samples": len(feeds)},
+    return {"op": "QuantizeLinear/DequantizeLinear int8", "calibration": {"method": "minmax", "samples": len(feeds)},
             "quantized_matmuls": len(targets),
             "q_nodes": sum(1 for n in done.graph.node if n.op_type == "QuantizeLinear"),
-            "kept_float": [] if lm_head else ["lm_head"]}
+            "kept_float": ([] if lm_head else ["lm_head"]) + list(skip)}

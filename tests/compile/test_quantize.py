@@ -158,3 +158,15 @@ def test_cli(source: Path, tmp_path: Path):
     bad = subprocess.run([sys.executable, "-m", "compile.quantize", "--bundle", str(source), "--out", str(out),
                           "--precision", "int8", "--block-size", "20"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "block size must be a power of two" in bad.stderr
+
+
+def test_int8_qdq_can_keep_outlier_modules_float(source: Path, tmp_path: Path):
+    """W8A8 with per-tensor activation ranges breaks on MLP down_proj inputs (massive activations) in real
+    LLMs; those MatMuls can stay float."""
+    manifest = quantize_bundle(source, tmp_path / "q", QuantSpec("int8-qdq", skip_modules=("down_proj", "lm_head"),
+                                                                  calibration_items=4), check=False)
+    d = manifest["precision"]["graphs"]["decoder"]
+    assert d["quantized_matmuls"] == 12 and d["kept_float"] == ["down_proj", "lm_head"]  # 2 layers x 6 Linears
+    assert d["calibration"] == {"method": "minmax", "samples": 4}
+    names = [n.name for n in nodes(tmp_path / "q") if n.op_type == "MatMul"]
+    assert any("down_proj" in n for n in names) and any("lm_head" in n for n in names)
