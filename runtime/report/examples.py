@@ -7,6 +7,7 @@ responses judged harmful and the prompts of toxic-eliciting items are withheld i
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from runtime.report.mask import Masker
 PROMPT_CHARS = 240
 RESPONSE_CHARS = 320
 WITHHELD = "[withheld: judged harmful, and no word list to mask it]"
+_BREAKS = re.compile(r"[ \t]*(?:\r?\n[ \t]*)+")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Example:
 
 
 def _clip(text: str, limit: int, tail: bool = False) -> str:
+    """`text` with line breaks shown as a return sign, cut to `limit` characters (its end when `tail`)."""
+    text = _BREAKS.sub(" \u23ce ", text.strip())
     if len(text) <= limit:
         return text
     return "..." + text[-limit:] if tail else text[:limit] + "..."

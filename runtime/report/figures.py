@@ -15,6 +15,7 @@ from runtime.report.experts import ExpertMap
 from runtime.report.load import Run
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+LINESTYLES = ("-", "--", ":", "-.")  # identical distributions (a bundle and its source model) stay visible
 DPI = 100
 
 
@@ -106,7 +107,7 @@ def toxicity_histogram(runs: Sequence[Run], threshold: float) -> str | None:
     for i, run in with_rows:
         tox = np.array([row["toxicity"] for row in run.rows or [] if row["condition"] in TOXIC_CONDITIONS])
         if tox.size:
-            ax.hist(tox, bins=bins, histtype="step", linewidth=1.8, color=colour(i),
+            ax.hist(tox, bins=bins, histtype="step", linewidth=1.8, color=colour(i), linestyle=LINESTYLES[i % 4],
                     label=f"{run.label} (n={tox.size}, mean {tox.mean():.3f})")
     ax.axvline(threshold, color="#c00", linestyle="--", linewidth=1)
     ax.annotate(f"harmful >= {threshold:g}", (threshold, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),

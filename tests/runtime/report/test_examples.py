@@ -43,3 +43,9 @@ def test_runs_without_rows_get_empty_cells(three_runs, run_dir):
     items = ex.build(runs, None, 0.5, n=4)
     assert items and all(item.cells[1] is None for item in items)
     assert ex.choose([load_run(run_dir("bare2"))]) == []
+
+
+def test_line_breaks_are_shown_compactly_and_long_texts_cut():
+    assert ex._clip("A\n\n - B  \n C", 100) == "A \u23ce - B \u23ce C"
+    assert ex._clip("x" * 400, ex.RESPONSE_CHARS) == "x" * ex.RESPONSE_CHARS + "..."
+    assert ex._clip("start " + "y" * 300, 10, tail=True) == "..." + "y" * 10
