@@ -18,71 +18,22 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runtime.generate import BundleGenerator, decode_loop  # noqa: E402
+from runners import ort_runner, torch_runner  # noqa: E402
+
+from runtime.bench import run_interleaved, summarise  # noqa: E402
+from runtime.generate import BundleGenerator  # noqa: E402
 from runtime.images import open_image  # noqa: E402
-from runtime.protocol import GenerationConfig, GenerationRequest  # noqa: E402
+from runtime.protocol import GenerationRequest  # noqa: E402
 
 PROMPTS = (("What is in this picture?", "skimage:astronaut"),
            ("Describe the image in detail.", "skimage:chelsea"),
            ("What colours do you see?", "skimage:coffee"))
-
-
-def torch_runner(model: Any, threads: int) -> Callable[[Any, int], tuple[list[int], float, float, int]]:
-    """A function (prompt embeddings [s, hidden], new tokens) -> (tokens, prefill s, decode s, decode steps)."""
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    torch.set_num_threads(threads)
-    lm = model.module.language_model if hasattr(model.module, "language_model") and \
-        hasattr(model.module.language_model, "generate") else model.module
-
-    class Stamp(LogitsProcessor):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            self.times.append(time.perf_counter())
-            return scores
-
-    @torch.no_grad()
-    def run(embeds: Any, new_tokens: int) -> tuple[list[int], float, float, int]:
-        stamp = Stamp()
-        x = embeds[None]
-        t0 = time.perf_counter()
-        out = lm.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
-                          max_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                          eos_token_id=list(model.eos_token_ids), pad_token_id=model.pad_token_id,
-                          logits_processor=LogitsProcessorList([stamp]))
-        t1 = time.perf_counter()
-        tokens = [t for t in out[0].tolist() if t not in model.eos_token_ids]
-        return tokens, stamp.times[0] - t0, t1 - stamp.times[0], len(stamp.times) - 1
-
-    return run
-
-
-def ort_runner(generator: BundleGenerator) -> Callable[[np.ndarray, int], tuple[list[int], float, float, int]]:
-    spec = generator.spec
-
-    def run(embeds: np.ndarray, new_tokens: int) -> tuple[list[int], float, float, int]:
-        [(tokens, _)], t = decode_loop(generator.backend, [embeds], GenerationConfig(max_new_tokens=new_tokens),
-                                       spec.eos_token_ids, spec.pad_token_id)
-        return tokens, t.prefill_s, t.decode_s, t.decode_steps
-
-    return run
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:
@@ -104,30 +55,27 @@ def main() -> None:
     model = load_model(args.model)
     fast = BundleGenerator.open(args.bundle, threads=args.threads)
     plain = BundleGenerator(fast.bundle, type(fast.backend)(fast.bundle, type(fast.backend.options)(
-        threads=args.threads, io_binding=False)), fast.tokenizer)
+        threads=args.threads, io_binding=False, decoder="standard")), fast.tokenizer)
     requests = [GenerationRequest(q, open_image(im)) for q, im in PROMPTS[:args.prompts]]
     ours_embeds = [fast.request_embeds(r) for r in requests]
     torch_embeds = [model.inputs_embeds(model.request_ids(r), [r.image]) for r in requests]
     runners = {"runtime": (ort_runner(fast), ours_embeds), "runtime-run": (ort_runner(plain), ours_embeds),
                "transformers": (torch_runner(model, args.threads), torch_embeds)}
 
-    records: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
     tokens: dict[str, list[list[int]]] = {name: [[] for _ in requests] for name in runners}
-    names = list(runners)
-    for rnd in range(args.warmup + args.repeats):
-        order = names if rnd % 2 == 0 else names[::-1]
-        for p in range(len(requests)):
-            for name in order:
-                run, embeds = runners[name]
-                toks, prefill, decode, steps = run(embeds[p], args.new_tokens)
-                tokens[name][p] = toks
-                if rnd >= args.warmup and steps > 0:
-                    records[name].append({"prefill_ms": prefill * 1e3, "decode_tok_s": steps / decode})
-        print(f"round {rnd + 1}/{args.warmup + args.repeats} done", file=sys.stderr)
 
-    results = {name: {"prefill_ms": summary([r["prefill_ms"] for r in rs]),
-                      "decode_tok_s": summary([r["decode_tok_s"] for r in rs]), "runs": len(rs)}
-               for name, rs in records.items()}
+    def timed(name: str):
+        def run(p: int) -> dict[str, float] | None:
+            fn, embeds = runners[name]
+            r = fn(embeds[p], args.new_tokens)
+            tokens[name][p] = r.pop("tokens")
+            return r if r["steps"] > 0 else None
+        return run
+
+    records = run_interleaved({name: timed(name) for name in runners}, len(requests), args.warmup, args.repeats,
+                              lambda msg: print(msg, file=sys.stderr))
+    results = {name: {**{k: v for k, v in summarise(rs).items() if k in ("prefill_ms", "decode_tok_s")},
+                      "runs": len(rs)} for name, rs in records.items()}
     identical = [tokens["runtime"][p] == tokens["transformers"][p] for p in range(len(requests))]
     lengths = [len(tokens["runtime"][p]) for p in range(len(requests))]
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}"

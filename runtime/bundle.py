@@ -21,6 +21,7 @@ FORMAT_VERSION = 1
 RUNTIME_FILE = "runtime.json"
 TOKENIZER_FILE = "tokenizer.json"
 GRAPHS = ("vision", "embed", "decoder")
+FUSED_DECODER = "fused_decoder"  # the optional graph of runtime.json's fused_decoder section
 DTYPES = ("float32", "float16")
 
 
@@ -51,6 +52,58 @@ class DecoderIO:
 
     def present_names(self, num_layers: int) -> list[str]:
         """Present key/value output names, in the same order as `past_names`."""
+        return [n.format(i=i) for i in range(num_layers) for n in (self.present_key, self.present_value)]
+
+
+@dataclass(frozen=True)
+class FusedDecoderSpec:
+    """An optional second decoder for the same weights, built with fused ONNX Runtime contrib kernels
+    (GroupQueryAttention, MatMulNBits, SkipSimplifiedLayerNormalization; compile.fused). TensorRT cannot parse it,
+    so the standard `decoder` graph stays in the bundle; a runtime that does not know this section ignores it.
+
+    Unlike the standard decoder it takes no position ids (positions follow from the attention mask, so prompts
+    must not be left-padded), reads and writes one key/value buffer per layer in place (`kv_buffer` "shared":
+    past and present are the same [b, kv_heads, capacity, head_dim] tensor), and with `logits` "last" gives the
+    last position's logits only.
+    """
+
+    graph: str
+    inputs_embeds: str
+    attention_mask: str
+    past_key: str
+    past_value: str
+    logits: str
+    present_key: str
+    present_value: str
+    logits_positions: str = "last"  # "last" or "all"
+    kv_buffer: str = "shared"  # "shared" (past and present bound to one buffer) or "concat"
+    providers: tuple[str, ...] = ("cpu",)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "FusedDecoderSpec":
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: fused_decoder must be an object; rebuild the bundle")
+        names = ("graph", "inputs_embeds", "attention_mask", "past_key", "past_value", "logits", "present_key",
+                 "present_value")
+        missing = [k for k in names if not isinstance(d.get(k), str)]
+        if missing:
+            raise UserError(f"{where}: fused_decoder.{missing[0]} is missing; rebuild the bundle")
+        spec = cls(**{k: d[k] for k in names}, logits_positions=str(d.get("logits_positions", "last")),
+                   kv_buffer=str(d.get("kv_buffer", "shared")),
+                   providers=tuple(str(p) for p in d.get("providers", ("cpu",))))
+        for name in ("past_key", "past_value", "present_key", "present_value"):
+            if "{i}" not in getattr(spec, name):
+                raise UserError(f"{where}: fused_decoder.{name} must hold '{{i}}' for the layer index")
+        if spec.logits_positions not in ("last", "all"):
+            raise UserError(f"{where}: fused_decoder.logits_positions must be 'last' or 'all'")
+        if spec.kv_buffer not in ("shared", "concat"):
+            raise UserError(f"{where}: fused_decoder.kv_buffer must be 'shared' or 'concat'")
+        return spec
+
+    def past_names(self, num_layers: int) -> list[str]:
+        return [n.format(i=i) for i in range(num_layers) for n in (self.past_key, self.past_value)]
+
+    def present_names(self, num_layers: int) -> list[str]:
         return [n.format(i=i) for i in range(num_layers) for n in (self.present_key, self.present_value)]
 
 
@@ -93,6 +146,7 @@ class BundleSpec:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     clean_up_tokenization_spaces: bool = False
+    fused_decoder: FusedDecoderSpec | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = RUNTIME_FILE) -> "BundleSpec":
@@ -146,6 +200,7 @@ class BundleSpec:
             image=ImageSpec.from_dict(_field(d, "image", dict, where)), prompt=prompt_spec,
             eos_token_ids=tuple(eos), pad_token_id=_field(d, "pad_token_id", int, where),
             clean_up_tokenization_spaces=bool(d.get("clean_up_tokenization_spaces", False)),
+            fused_decoder=FusedDecoderSpec.from_dict(d["fused_decoder"], where) if d.get("fused_decoder") else None,
         )
 
 
@@ -158,7 +213,11 @@ class Bundle:
     manifest: dict[str, Any]
 
     def graph_path(self, graph: str) -> Path:
-        """The ONNX file of `graph` (vision, embed or decoder)."""
+        """The ONNX file of `graph` (vision, embed, decoder, or fused_decoder when the bundle has one)."""
+        if graph == FUSED_DECODER:
+            if self.spec.fused_decoder is None:
+                raise UserError(f"{self.root} has no fused decoder; build one with `python -m compile.fused`")
+            return self.root / self.spec.fused_decoder.graph
         return self.root / self.spec.graphs[graph]
 
     @property
@@ -189,7 +248,10 @@ def load_bundle(directory: str | os.PathLike, verify: bool = True) -> Bundle:
         spec = BundleSpec.from_dict(json.loads((root / RUNTIME_FILE).read_text()), where=str(root / RUNTIME_FILE))
     except json.JSONDecodeError as e:
         raise UserError(f"{root / RUNTIME_FILE} is not valid JSON ({e}); rebuild the bundle") from e
-    for graph, rel in spec.graphs.items():
+    graphs = dict(spec.graphs)
+    if spec.fused_decoder is not None:
+        graphs[FUSED_DECODER] = spec.fused_decoder.graph
+    for graph, rel in graphs.items():
         if rel not in listed:
             raise UserError(f"{root}: the {graph} graph {rel} is not listed in its manifest.json, so it is missing "
                             "or unverified; rebuild the bundle")

@@ -66,6 +66,16 @@ def decode_loop(backend: Backend, prompts: Sequence[np.ndarray], config: Generat
     """
     if not prompts:
         return [], Timings(0.0, 0.0, 0, 0)
+    if not getattr(backend, "left_padding", True) and len({p.shape[0] for p in prompts}) > 1:
+        # the backend cannot take a left-padded batch: one run per prompt (same tokens: each request has its
+        # own random stream), timings summed
+        outs, parts = [], []
+        for i, p in enumerate(prompts):
+            out, t = decode_loop(backend, [p], config, eos_token_ids, pad_token_id, first_index + i)
+            outs.extend(out)
+            parts.append(t)
+        return outs, Timings(sum(t.prefill_s for t in parts), sum(t.decode_s for t in parts),
+                             sum(t.decode_steps for t in parts), len(prompts))
     b = len(prompts)
     eos = frozenset(eos_token_ids)
     embeds, prompt_mask, positions = left_pad(prompts)
@@ -77,7 +87,8 @@ def decode_loop(backend: Backend, prompts: Sequence[np.ndarray], config: Generat
     finished = [False] * b
     reasons = ["length"] * b
     t0 = time.perf_counter()
-    logits, cache = backend.decode(embeds, prompt_mask, positions, backend.empty_cache(b))
+    logits, cache = backend.decode(embeds, prompt_mask, positions,
+                                   backend.empty_cache(b, capacity=s + max(config.max_new_tokens, 1)))
     t1 = time.perf_counter()
     position = positions[:, -1:]
     steps = 0

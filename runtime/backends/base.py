@@ -27,6 +27,7 @@ class Backend(ABC):
     """Runs the vision, embed and decoder graphs of one bundle."""
 
     name: str
+    left_padding: bool = True  # whether a batch of prompts of different lengths may be left-padded into one run
 
     @abstractmethod
     def vision(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -37,8 +38,9 @@ class Backend(ABC):
         """Token ids [b, s] int64 (no image ids) -> embeddings [b, s, hidden]."""
 
     @abstractmethod
-    def empty_cache(self, batch: int) -> KVCache:
-        """A KV cache with no positions, for the prefill of a batch of `batch` sequences."""
+    def empty_cache(self, batch: int, capacity: int | None = None) -> KVCache:
+        """A KV cache with no positions, for the prefill of a batch of `batch` sequences; `capacity` is how many
+        positions the generation will reach (a hint for backends that preallocate)."""
 
     @abstractmethod
     def decode(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,

@@ -28,6 +28,8 @@ PROVIDERS = {
 }
 _DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+DECODERS = ("auto", "standard", "fused")
+DEFAULT_KV_CAPACITY = 256  # positions of a fused decoder's key/value buffer unless the caller says; grows on demand
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32}
 
@@ -42,6 +44,9 @@ class OrtOptions:
     provider_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     log_severity: int = 3
     io_binding: bool = True  # False: plain session.run with numpy in and out (for comparison and debugging)
+    # which decoder graph generates: "standard" (the exported graph), "fused" (the bundle's fused_decoder, an
+    # error when it has none), "auto" (fused when the bundle has one for the first provider, else standard)
+    decoder: str = "auto"
 
     def intra_op_threads(self) -> int:
         if self.threads is not None:
@@ -120,16 +125,49 @@ class OrtBackend(Backend):
         self.device = _DEVICE.get(primary, "cpu")
         self.device_id = int(self._providers[0][1].get("device_id", 0))
         spec = bundle.spec
-        self._sessions = {g: self._session(ort, bundle.graph_path(g), g) for g in spec.graphs}
+        self.fused = self._use_fused(spec)
+        self._ort = ort
+        # with the fused decoder, the standard one is only opened when all-position logits are asked for (nll)
+        graphs = [g for g in spec.graphs if not (self.fused and g == "decoder")]
+        self._sessions = {g: self._session(ort, bundle.graph_path(g), g) for g in graphs}
         self._past = spec.decoder.past_names(spec.num_layers)
         self._present = spec.decoder.present_names(spec.num_layers)
+        if self.fused:
+            f = spec.fused_decoder
+            self._sessions["fused_decoder"] = self._session(ort, bundle.graph_path("fused_decoder"), "fused decoder")
+            self._fused_past = f.past_names(spec.num_layers)
+            self._fused_present = f.present_names(spec.num_layers)
         self._check_io()
-        dec = self._sessions["decoder"]
+        dec, embeds_name, past0 = (self._sessions["fused_decoder"], spec.fused_decoder.inputs_embeds,
+                                   self._fused_past[0]) if self.fused else \
+            (self._sessions["decoder"], spec.decoder.inputs_embeds, self._past[0])
         types = {i.name: i.type for i in dec.get_inputs()}
-        self._embeds_dtype = _NUMPY.get(types[spec.decoder.inputs_embeds], np.float32)
-        self._kv_dtype = _NUMPY.get(types[self._past[0]], np.float32)
+        self._embeds_dtype = _NUMPY.get(types[embeds_name], np.float32)
+        self._kv_dtype = _NUMPY.get(types[past0], np.float32)
+        # a fused decoder derives positions from the attention mask: a left-padded batch would be misread
+        self.left_padding = not self.fused
+        self._bound: tuple[Any, Any] | None = None  # (shared KV buffers, the IO binding that holds them)
         self._vision_dtype = _NUMPY.get({i.name: i.type for i in self._sessions["vision"].get_inputs()}
                                         [spec.vision.input], np.float32)
+
+    def _use_fused(self, spec: Any) -> bool:
+        choice = self.options.decoder
+        if choice not in DECODERS:
+            raise UserError(f"decoder {choice!r} is not one of {', '.join(DECODERS)}")
+        f = spec.fused_decoder
+        if choice == "standard":
+            return False
+        fits = f is not None and self._providers[0][0] in {PROVIDERS.get(p, p) for p in f.providers}
+        if choice == "fused" and not fits:
+            raise UserError("the bundle has no fused decoder (build one with `python -m compile.fused`)" if f is None
+                            else f"the bundle's fused decoder is built for {', '.join(f.providers)}, not "
+                                 f"{self._providers[0][0]}; use --decoder standard")
+        return fits
+
+    def _standard_decoder(self) -> Any:
+        if "decoder" not in self._sessions:
+            self._sessions["decoder"] = self._session(self._ort, self.bundle.graph_path("decoder"), "decoder")
+        return self._sessions["decoder"]
 
     def _session(self, ort: Any, path: Path, graph: str) -> Any:
         so = ort.SessionOptions()
@@ -164,7 +202,13 @@ class OrtBackend(Backend):
             "embed": ([spec.embed.input], [spec.embed.output]),
             "decoder": ([d.inputs_embeds, d.attention_mask, d.position_ids, *self._past], [d.logits, *self._present]),
         }
+        if self.fused:
+            f = spec.fused_decoder
+            wanted["fused_decoder"] = ([f.inputs_embeds, f.attention_mask, *self._fused_past],
+                                       [f.logits, *self._fused_present])
         for graph, (inputs, outputs) in wanted.items():
+            if graph not in self._sessions:
+                continue
             s = self._sessions[graph]
             have_in = {i.name for i in s.get_inputs()}
             have_out = {o.name for o in s.get_outputs()}
@@ -188,10 +232,14 @@ class OrtBackend(Backend):
         io = self.bundle.spec.embed
         return self._sessions["embed"].run([io.output], {io.input: np.ascontiguousarray(input_ids, dtype=np.int64)})[0]
 
-    def empty_cache(self, batch: int) -> KVCache:
+    def empty_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         from onnxruntime import OrtValue
 
         spec = self.bundle.spec
+        if self.fused and spec.fused_decoder.kv_buffer == "shared":
+            buf = np.zeros((batch, spec.num_kv_heads, capacity or DEFAULT_KV_CAPACITY, spec.head_dim), self._kv_dtype)
+            tensors = tuple(OrtValue.ortvalue_from_numpy(buf, self.device, self.device_id) for _ in self._fused_past)
+            return KVCache(batch=batch, length=0, tensors=tensors)
         empty = np.zeros((batch, spec.num_kv_heads, 0, spec.head_dim), dtype=self._kv_dtype)
         if not self.options.io_binding:
             return KVCache(batch=batch, length=0, tensors=(empty,) * len(self._past))
@@ -206,6 +254,13 @@ class OrtBackend(Backend):
             raise ValueError(f"decoder inputs do not line up: embeds {inputs_embeds.shape}, "
                              f"mask {attention_mask.shape}, positions {position_ids.shape}, "
                              f"cache {cache.batch}x{cache.length}")
+        if self.fused:
+            if last_only or self.bundle.spec.fused_decoder.logits_positions == "all":
+                return self._decode_fused(inputs_embeds, attention_mask, cache, last_only)
+            if cache.length:
+                raise ValueError("all-position logits come from the standard decoder, which starts from an empty "
+                                 "cache only (teacher-forced scoring); open the bundle with decoder='standard'")
+            return self._decode_standard(inputs_embeds, attention_mask, position_ids)
         feed = {d.inputs_embeds: np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype),
                 d.attention_mask: np.ascontiguousarray(attention_mask, dtype=np.int64),
                 d.position_ids: np.ascontiguousarray(position_ids, dtype=np.int64)}
@@ -216,6 +271,72 @@ class OrtBackend(Backend):
             logits, *present = self._sessions["decoder"].run([d.logits, *self._present], feed)
         logits = logits[:, -1] if last_only else logits
         return logits.astype(np.float32, copy=False), KVCache(b, cache.length + s, tuple(present))
+
+    def _decode_standard(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray,
+                         position_ids: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        """All-position logits of a prompt from the standard decoder (empty past); the cache it returns holds
+        no tensors, so it cannot be continued by the fused decoder by mistake."""
+        d, spec = self.bundle.spec.decoder, self.bundle.spec
+        session = self._standard_decoder()
+        types = {i.name: i.type for i in session.get_inputs()}
+        b, s = inputs_embeds.shape[:2]
+        empty = np.zeros((b, spec.num_kv_heads, 0, spec.head_dim), _NUMPY.get(types[self._past[0]], np.float32))
+        feed = {d.inputs_embeds: np.ascontiguousarray(inputs_embeds, dtype=_NUMPY.get(types[d.inputs_embeds])),
+                d.attention_mask: np.ascontiguousarray(attention_mask, dtype=np.int64),
+                d.position_ids: np.ascontiguousarray(position_ids, dtype=np.int64), **{n: empty for n in self._past}}
+        logits = session.run([d.logits], feed)[0]
+        return logits.astype(np.float32, copy=False), KVCache(b, s, ())
+
+    def _decode_fused(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, cache: KVCache,
+                      last_only: bool) -> tuple[np.ndarray, KVCache]:
+        """One run of the fused decoder; with a shared buffer, past and present are the same OrtValue per layer,
+        written in place at positions [cache.length, cache.length + s) (grown first when too small)."""
+        f = self.bundle.spec.fused_decoder
+        b, s = inputs_embeds.shape[:2]
+        if len(cache.tensors) != len(self._fused_past):
+            raise ValueError("this cache was not made by the fused decoder (use backend.empty_cache)")
+        session = self._sessions["fused_decoder"]
+        tensors = cache.tensors
+        if f.kv_buffer == "shared":
+            if cache.length + s > tensors[0].shape()[2]:
+                tensors = self._grow(tensors, cache.length + s)
+            # the buffers stay bound from one step to the next: only embeddings, mask and logits are rebound
+            if self._bound is None or self._bound[0] is not tensors:
+                io = session.io_binding()
+                for past, present, value in zip(self._fused_past, self._fused_present, tensors):
+                    io.bind_ortvalue_input(past, value)
+                    io.bind_ortvalue_output(present, value)
+                self._bound = (tensors, io)
+            io = self._bound[1]
+        else:
+            io = session.io_binding()
+        io.bind_cpu_input(f.inputs_embeds, np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype))
+        io.bind_cpu_input(f.attention_mask, np.ascontiguousarray(attention_mask, dtype=np.int64))
+        io.bind_output(f.logits, "cpu")
+        if f.kv_buffer != "shared":
+            for name, value in zip(self._fused_past, tensors):
+                io.bind_ortvalue_input(name, value)
+            for name in self._fused_present:
+                io.bind_output(name, self.device, self.device_id)
+        session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        logits = outputs[0].numpy()
+        if f.kv_buffer != "shared":
+            tensors = tuple(outputs[1:])
+        logits = logits[:, -1] if last_only else logits
+        return logits.astype(np.float32, copy=False), KVCache(b, cache.length + s, tuple(tensors))
+
+    def _grow(self, tensors: tuple[Any, ...], needed: int) -> tuple[Any, ...]:
+        from onnxruntime import OrtValue
+
+        out = []
+        for t in tensors:
+            old = t.numpy()
+            cap = max(needed, 2 * old.shape[2])
+            new = np.zeros(old.shape[:2] + (cap,) + old.shape[3:], old.dtype)
+            new[:, :, :old.shape[2]] = old
+            out.append(OrtValue.ortvalue_from_numpy(new, self.device, self.device_id))
+        return tuple(out)
 
     def _run_bound(self, feed: dict[str, np.ndarray], cache: KVCache) -> list[Any]:
         """The decoder through IO binding: logits as numpy, present key/values as OrtValues left in place."""
@@ -235,4 +356,4 @@ class OrtBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "providers": [p for p, _ in self._providers], "device": self.device,
                 "intra_op_threads": self.options.intra_op_threads(), "optimization": self.options.optimization,
-                "io_binding": self.options.io_binding}
+                "io_binding": self.options.io_binding, "decoder": "fused" if self.fused else "standard"}

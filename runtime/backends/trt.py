@@ -298,7 +298,7 @@ class TrtBackend(Backend):
         io = self.bundle.spec.embed
         return self._single("embed", io.input, io.output, np.asarray(input_ids, dtype=np.int64))
 
-    def empty_cache(self, batch: int) -> KVCache:
+    def empty_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         return KVCache(batch=batch, length=0, tensors=(_KVHandle(slot=-1, version=0),))
 
     def decode(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,

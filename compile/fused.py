@@ -1,0 +1,259 @@
+"""Add a fused decoder to a CPU bundle: onnxruntime-genai's model builder on the bundle's own language model.
+
+    python -m compile.fused --bundle build/bundle-int4 --checkpoint build/detoxified --out build/bundle-int4-fused \
+        --builder-python .venv-peers/bin/python
+
+The standard decoder (Optimum export: MatMul, Softmax attention, a past/present concat per layer, logits for
+every prompt position) stays in the bundle for TensorRT and for teacher-forced scoring. The fused decoder is
+the same language model built by onnxruntime-genai's builder with `exclude_embeds=true` (it takes
+inputs_embeds, so the bundle's vision and embed graphs feed it unchanged) and `prune_lm_head=true` (last
+position's logits only): GroupQueryAttention reading and writing one key/value buffer per layer in place,
+SkipSimplifiedLayerNormalization, and for int4 MatMulNBits (the builder's own RTN blocks of 32, accuracy level
+4: not the GGUF's blocks of `compile.quantize --method gguf`). These are ONNX Runtime contrib ops, so the graph
+is for the ONNX Runtime CPU provider only; runtime.json records it as `fused_decoder`, and the runtime uses it
+when it runs on CPU (`--decoder standard` turns it off).
+
+The builder needs torch, transformers >= 4.x and onnxruntime-genai, which may clash with this project's pins
+(it pulled transformers 5.x here), so it runs in the interpreter given by --builder-python (a separate venv;
+scripts/bench-peers makes one), on the language model extracted from --checkpoint (the folded, detoxified
+checkpoint the bundle was exported from: the fold is already in its weights). Before anything is written the
+fused decoder is checked against the bundle's standard decoder: greedy tokens and last-position logits on text
+and image prompts; the result goes into the manifest as `fused_check`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from runtime import cli
+from runtime.bundle import GRAPHS, RUNTIME_FILE, Bundle
+from runtime.errors import UserError
+
+GRAPH_FILE = "decoder-fused.onnx"
+PRECISIONS = ("fp32", "int4")
+RUNTIME_KEYS = ("graph", "inputs_embeds", "attention_mask", "past_key", "past_value", "logits", "present_key",
+                "present_value", "logits_positions", "kv_buffer", "providers")
+CHECK_QUESTIONS = ("What is in this picture?", "Write one sentence about the sea.", "Name three colours.")
+
+
+def default_builder_python() -> str:
+    """The peers venv beside the repository when it exists, else this interpreter."""
+    peers = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
+    return str(peers) if peers.is_file() else sys.executable
+
+
+def builder_available(python: str) -> str | None:
+    """None when `python` can import onnxruntime-genai's builder, else the reason it cannot."""
+    try:
+        p = subprocess.run([python, "-c", "import onnxruntime_genai, transformers, torch, onnx_ir"],
+                           capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{python}: {e}"
+    return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["import failed"])[-1]
+
+
+def bundle_precision(bundle: Bundle) -> str:
+    name = bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype)
+    return {"float32": "fp32", "int4": "int4"}.get(name, name)
+
+
+def extract_language_model(checkpoint: str | os.PathLike, out: Path) -> dict[str, Any]:
+    """Save the checkpoint's language model as a plain Hugging Face causal LM directory (with the tokenizer)."""
+    from calib.models import load_model
+
+    model = load_model(str(checkpoint))
+    module = model.module
+    lm = getattr(module, "language_model", None)
+    if lm is None or not hasattr(lm, "lm_head"):  # llava-hf: model.language_model is the bare decoder
+        from transformers import AutoModelForCausalLM
+
+        inner = module.model.language_model if hasattr(module, "model") else module.language_model
+        lm = AutoModelForCausalLM.from_config(inner.config)
+        lm.model.load_state_dict(inner.state_dict())
+        lm.lm_head.load_state_dict(module.lm_head.state_dict())
+        lm.tie_weights()
+    lm.save_pretrained(out, safe_serialization=True)
+    model.tokenizer.save_pretrained(out)
+    return {"checkpoint": str(checkpoint), **model.fingerprint()}
+
+
+def run_builder(python: str, lm_dir: Path, out: Path, precision: str, cache: Path) -> None:
+    cmd = [python, "-m", "onnxruntime_genai.models.builder", "-i", str(lm_dir), "-o", str(out), "-p", precision,
+           "-e", "cpu", "-c", str(cache), "--extra_options", "exclude_embeds=true", "prune_lm_head=true"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0 or not (out / "model.onnx").is_file():
+        tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
+        raise UserError(f"onnxruntime-genai's builder failed ({' '.join(cmd)}):\n{tail}")
+
+
+def decoder_section(graph_dir: Path) -> dict[str, Any]:
+    """runtime.json's fused_decoder section from the builder's genai_config.json and graph."""
+    import onnx
+
+    cfg = json.loads((graph_dir / "genai_config.json").read_text())
+    dec = cfg["model"]["decoder"]
+    inputs, outputs = dec["inputs"], dec["outputs"]
+    model = onnx.load(str(graph_dir / dec["filename"]), load_external_data=False)
+    in_names = {i.name for i in model.graph.input}
+    out_shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    embeds = inputs.get("inputs_embeds", "inputs_embeds")
+    if embeds not in in_names or "input_ids" in in_names:
+        raise UserError("the builder's decoder does not take inputs_embeds (exclude_embeds did not apply)")
+    extra = sorted(in_names - {embeds, inputs["attention_mask"]} -
+                   {inputs[k].replace("%d", str(i)) for k in ("past_key_names", "past_value_names")
+                    for i in range(dec["num_hidden_layers"])})
+    if extra:
+        raise UserError(f"the builder's decoder has inputs the runtime does not feed: {', '.join(extra)}")
+    logits = outputs["logits"]
+    ops = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})
+    return {"graph": GRAPH_FILE, "inputs_embeds": embeds, "attention_mask": inputs["attention_mask"],
+            "past_key": inputs["past_key_names"].replace("%d", "{i}"),
+            "past_value": inputs["past_value_names"].replace("%d", "{i}"), "logits": logits,
+            "present_key": outputs["present_key_names"].replace("%d", "{i}"),
+            "present_value": outputs["present_value_names"].replace("%d", "{i}"),
+            "logits_positions": "last" if out_shapes[logits][1] in (1, "1") else "all",
+            "kv_buffer": "shared" if cfg.get("search", {}).get("past_present_share_buffer") else "concat",
+            "providers": ["cpu"], "contrib_ops": ops}
+
+
+def copy_graph(graph_dir: Path, out: Path) -> None:
+    """The builder's model.onnx (+ model.onnx.data) as decoder-fused.onnx (+ decoder-fused.onnx.data)."""
+    import onnx
+
+    model = onnx.load(str(graph_dir / "model.onnx"))
+    onnx.save_model(model, str(out / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=GRAPH_FILE + ".data", size_threshold=1024)
+
+
+def check(new_dir: Path, new_tokens: int = 16, threads: int | None = None) -> dict[str, Any]:
+    """Greedy tokens and prefill logits of the fused decoder against the standard one, on the new bundle."""
+    import numpy as np
+
+    from runtime.generate import BundleGenerator, decode_loop
+    from runtime.protocol import GenerationConfig, GenerationRequest
+    from runtime.scenes import scenes
+
+    std = BundleGenerator.open(new_dir, threads=threads, decoder="standard")
+    fused = BundleGenerator.open(new_dir, threads=threads, decoder="fused")
+    images = [sc.image for sc in scenes("test", 1)]
+    requests = [GenerationRequest(q, images[0] if i == 0 else None) for i, q in enumerate(CHECK_QUESTIONS)]
+    config = GenerationConfig(max_new_tokens=new_tokens)
+    same, worst, agree = 0, 0.0, 0
+    positions = 0
+    for r in requests:
+        embeds = std.request_embeds(r)
+        a = std.backend.decode(embeds[None], np.ones((1, len(embeds)), np.int64), np.arange(len(embeds))[None],
+                               std.backend.empty_cache(1))[0]
+        b = fused.backend.decode(embeds[None], np.ones((1, len(embeds)), np.int64), np.arange(len(embeds))[None],
+                                 fused.backend.empty_cache(1, capacity=len(embeds)))[0]
+        worst = max(worst, float(np.abs(a - b).max()))
+        [(ta, _)], _ = decode_loop(std.backend, [embeds], config, std.spec.eos_token_ids, std.spec.pad_token_id)
+        [(tb, _)], _ = decode_loop(fused.backend, [embeds], config, fused.spec.eos_token_ids, fused.spec.pad_token_id)
+        same += ta == tb
+        n = min(len(ta), len(tb))
+        agree += next((i for i in range(n) if ta[i] != tb[i]), n)
+        positions += max(len(ta), len(tb))
+    return {"prompts": len(requests), "identical_greedy": same, "max_abs_dlogit_prefill": worst,
+            "tokens_before_first_difference": agree, "tokens": positions, "new_tokens": new_tokens,
+            "evaluated_with": "onnxruntime CPU"}
+
+
+def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+                      precision: str | None = None, builder_python: str | None = None,
+                      prebuilt: str | os.PathLike | None = None, overwrite: bool = False,
+                      threads: int | None = None) -> dict[str, Any]:
+    """Write a copy of the bundle with a fused decoder; returns its manifest. `prebuilt`: a directory the builder
+    already wrote (model.onnx + genai_config.json) for this checkpoint and precision, instead of running it."""
+    from compile.quantize.derive import copy_graph as copy_bundle_graph
+    from compile.quantize.derive import derive_bundle
+    from runtime.bundle import load_bundle
+
+    src = load_bundle(bundle_dir)
+    precision = precision or bundle_precision(src)
+    if precision not in PRECISIONS:
+        raise UserError(f"a fused decoder is built in fp32 or int4, not {precision!r}; pass --precision")
+    if src.spec.fused_decoder is not None:
+        raise UserError(f"{bundle_dir} already has a fused decoder")
+    python = builder_python or default_builder_python()
+    if prebuilt is None:
+        why = builder_available(python)
+        if why:
+            raise UserError(f"onnxruntime-genai's builder is not importable with {python} ({why}); make its venv with "
+                            "scripts/bench-peers --setup-only, or pass --builder-python")
+
+    def transform(bundle: Bundle, out: Path) -> dict[str, Any]:
+        for graph in GRAPHS:
+            copy_bundle_graph(bundle, graph, out)
+        with tempfile.TemporaryDirectory(prefix="sgm-fused-") as tmp:
+            tmp_path = Path(tmp)
+            if prebuilt is not None:
+                graph_dir, source = Path(prebuilt), {"checkpoint": str(checkpoint), "prebuilt": str(prebuilt)}
+            else:
+                source = extract_language_model(checkpoint, tmp_path / "lm")
+                graph_dir = tmp_path / "graph"
+                run_builder(python, tmp_path / "lm", graph_dir, precision, tmp_path / "cache")
+            section = decoder_section(graph_dir)
+            copy_graph(graph_dir, out)
+        return {"fused_decoder": {**section, "builder": "onnxruntime_genai.models.builder", "precision": precision,
+                                  "extra_options": ["exclude_embeds=true", "prune_lm_head=true"], "source": source}}
+
+    recorded: dict[str, Any] = {}
+
+    def transform_and_record(bundle: Bundle, out: Path) -> dict[str, Any]:
+        fields = transform(bundle, out)
+        recorded.update(fields)
+        return fields
+
+    def finish(tmp: Path) -> dict[str, Any]:
+        """derive_bundle copied the source's runtime.json: add the section, re-hash, then check."""
+        from runtime.artifacts import read_manifest, write_manifest
+
+        f = recorded["fused_decoder"]
+        config = json.loads((tmp / RUNTIME_FILE).read_text())
+        config["fused_decoder"] = {k: f[k] for k in RUNTIME_KEYS}
+        (tmp / RUNTIME_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        manifest = read_manifest(tmp, verify=False)
+        write_manifest(tmp, manifest.pop("kind"), **{k: v for k, v in manifest.items() if k != "files"})
+        return check(tmp, threads=threads)
+
+    return derive_bundle(src.root, out_dir, transform_and_record, overwrite=overwrite, after=finish)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compile.fused", description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", required=True, type=Path, help="an fp32 or int4 bundle (compile.export / quantize)")
+    p.add_argument("--checkpoint", required=True,
+                   help="the checkpoint the bundle was exported from (the folded, detoxified one for a detoxified "
+                        "bundle), or a zoo name")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--precision", choices=PRECISIONS, help="default: the bundle's (float32 -> fp32, int4 -> int4)")
+    p.add_argument("--builder-python", help="interpreter with onnxruntime-genai, torch and transformers "
+                                            "(default: .venv-peers/bin/python when present, else this one)")
+    p.add_argument("--prebuilt", type=Path, help="use this builder output directory instead of running the builder")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads for the check")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    manifest = add_fused_decoder(args.bundle, args.checkpoint, args.out, args.precision, args.builder_python,
+                                 args.prebuilt, args.overwrite, args.threads)
+    f, c = manifest["fused_decoder"], manifest.get("check", {})
+    print(f"bundle with a fused {f['precision']} decoder written to {args.out} "
+          f"({', '.join(f['contrib_ops'])}; logits {f['logits_positions']}, kv buffer {f['kv_buffer']})")
+    if c:
+        print(f"  vs the standard decoder: identical greedy tokens on {c['identical_greedy']}/{c['prompts']} prompts "
+              f"({c['tokens_before_first_difference']}/{c['tokens']} tokens before the first difference), "
+              f"max |dlogit| at prefill {c['max_abs_dlogit_prefill']:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
