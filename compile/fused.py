@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from runtime import cli
 from runtime.bundle import GRAPHS, RUNTIME_FILE, Bundle
@@ -122,13 +125,94 @@ def decoder_section(graph_dir: Path) -> dict[str, Any]:
             "providers": ["cpu"], "contrib_ops": ops}
 
 
-def copy_graph(graph_dir: Path, out: Path) -> None:
-    """The builder's model.onnx (+ model.onnx.data) as decoder-fused.onnx (+ decoder-fused.onnx.data)."""
+_FUSED_NODE = re.compile(r"layers\.(\d+)/(attn/qkv_proj|attn/o_proj|mlp/gate_proj|mlp/up_proj|mlp/down_proj)/MatMul$")
+_GGUF = {"attn/o_proj": "attn_output", "mlp/gate_proj": "ffn_gate", "mlp/up_proj": "ffn_up", "mlp/down_proj": "ffn_down"}
+
+
+def gguf_blocks_for(node_name: str, weights: Any) -> Any:
+    """The GGUF blocks of one of the builder's MatMuls (q, k and v stacked for its fused qkv_proj)."""
+    from compile.gguf_nbits import Blocks
+
+    if node_name.endswith("lm_head/MatMul"):
+        return weights.blocks("token_embd.weight")
+    m = _FUSED_NODE.search(node_name)
+    if m is None:
+        return None
+    i, module = m.group(1), m.group(2)
+    if module == "attn/qkv_proj":
+        parts = [weights.blocks(f"blk.{i}.attn_{x}.weight") for x in "qkv"]
+        if len({p.bits for p in parts}) != 1:
+            raise UserError(f"layer {i}: q, k and v are quantized differently in the GGUF; cannot stack them")
+        return Blocks(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("codes", "scales", "offsets")),
+                      parts[0].bits)
+    return weights.blocks(f"blk.{i}.{_GGUF[module]}.weight")
+
+
+def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] | None,
+                    accuracy_level: int = 4) -> dict[str, Any]:
+    """The builder's float32 MatMuls as MatMulNBits with the GGUF's own blocks (+ block-sum offsets), as
+    compile.gguf_nbits does for the standard decoder; each converted weight is checked against the float32 one
+    (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`)."""
+    from onnx import numpy_helper
+
+    from compile.gguf_nbits import QK, _block_sums, _check, _com_microsoft, matmul_nbits_node
+    from compile.quantize.graphs import unit_of
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes, added, dropped, sums_of = [], [], set(), {}
+    converted: dict[str, int] = {}
+    folded, worst = [], 0.0
+    for node in graph.node:
+        blocks = gguf_blocks_for(node.name, weights) if node.op_type == "MatMul" and node.input[1] in inits else None
+        if blocks is None:
+            nodes.append(node)
+            continue
+        unit = unit_of(node.name)
+        if row_scales and unit in row_scales:
+            blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
+            folded.append(unit)
+        worst = max(worst, _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name))
+        sums = None
+        if blocks.correction().any():
+            if node.input[0] not in sums_of:
+                sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
+                nodes.extend(extra)
+                added.extend(consts)
+            sums = sums_of[node.input[0]]
+        new, tensors = matmul_nbits_node(node, blocks, accuracy_level, sums)
+        nodes.extend(new)
+        added.extend(tensors)
+        dropped.add(node.input[1])
+        kind = f"Q{blocks.bits}"
+        converted[kind] = converted.get(kind, 0) + 1
+    layers = sum(1 for n in graph.node if n.name.endswith("qkv_proj/MatMul"))
+    if sum(converted.values()) != 5 * layers + 1:
+        raise UserError(f"only {sum(converted.values())} of the fused decoder's {5 * layers + 1} MatMuls map to GGUF "
+                        "tensors; this builder's graph is not one this converter knows")
+    if row_scales and sorted(folded) != sorted(row_scales):
+        raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no converted MatMul")
+    still_used = {i for n in nodes for i in n.input}
+    keep = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep + added)
+    _com_microsoft(model)
+    return {"method": "gguf-exact", "converted": converted, "max_abs_diff_vs_float32": worst,
+            "folded_modules": len(folded), "accuracy_level": accuracy_level}
+
+
+def copy_graph(graph_dir: Path, out: Path, gguf: tuple[Any, Any, int] | None = None) -> dict[str, Any] | None:
+    """The builder's model.onnx (+ model.onnx.data) as decoder-fused.onnx (+ decoder-fused.onnx.data);
+    `gguf` = (GGUFWeights, row scales, accuracy level): convert its float32 MatMuls to the GGUF's blocks on the way."""
     import onnx
 
     model = onnx.load(str(graph_dir / "model.onnx"))
+    stats = convert_to_gguf(model, *gguf) if gguf is not None else None
     onnx.save_model(model, str(out / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=GRAPH_FILE + ".data", size_threshold=1024)
+    return stats
 
 
 def check(new_dir: Path, new_tokens: int = 16, threads: int | None = None) -> dict[str, Any]:
@@ -167,9 +251,12 @@ def check(new_dir: Path, new_tokens: int = 16, threads: int | None = None) -> di
 def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                       precision: str | None = None, builder_python: str | None = None,
                       prebuilt: str | os.PathLike | None = None, overwrite: bool = False,
-                      threads: int | None = None) -> dict[str, Any]:
+                      threads: int | None = None, weights: str = "auto") -> dict[str, Any]:
     """Write a copy of the bundle with a fused decoder; returns its manifest. `prebuilt`: a directory the builder
-    already wrote (model.onnx + genai_config.json) for this checkpoint and precision, instead of running it."""
+    already wrote (model.onnx + genai_config.json) for this checkpoint, instead of running it (an fp32 build for
+    weights "gguf"). `weights` (int4): "gguf" converts the builder's float32 graph to the GGUF's own blocks, as
+    the bundle's standard decoder has them (auto for a bundle of compile.quantize's gguf method); "builder"
+    keeps the builder's own int4 (RTN, which cannot land on the GGUF's grid)."""
     from compile.quantize.derive import copy_graph as copy_bundle_graph
     from compile.quantize.derive import derive_bundle
     from runtime.bundle import load_bundle
@@ -180,6 +267,19 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(f"a fused decoder is built in fp32 or int4, not {precision!r}; pass --precision")
     if src.spec.fused_decoder is not None:
         raise UserError(f"{bundle_dir} already has a fused decoder")
+    method = src.manifest.get("precision", {}).get("method")
+    if weights == "auto":
+        weights = "gguf" if precision == "int4" and method == "gguf-exact" else "builder"
+    if weights not in ("gguf", "builder"):
+        raise UserError(f"weights must be gguf, builder or auto, not {weights!r}")
+    if weights == "gguf" and method != "gguf-exact":
+        raise UserError(f"{bundle_dir} does not hold GGUF blocks (precision method {method!r}); use --weights builder")
+    gguf = None
+    if weights == "gguf":
+        from compile.gguf_nbits import GGUFWeights, folded_row_scales
+
+        gguf_path = Path(src.manifest["precision"]["gguf"]["path"])
+        gguf = (GGUFWeights(gguf_path), folded_row_scales(src), src.manifest["precision"].get("accuracy_level") or 4)
     python = builder_python or default_builder_python()
     if prebuilt is None:
         why = builder_available(python)
@@ -197,11 +297,12 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
             else:
                 source = extract_language_model(checkpoint, tmp_path / "lm")
                 graph_dir = tmp_path / "graph"
-                run_builder(python, tmp_path / "lm", graph_dir, precision, tmp_path / "cache")
+                run_builder(python, tmp_path / "lm", graph_dir, "fp32" if gguf else precision, tmp_path / "cache")
             section = decoder_section(graph_dir)
-            copy_graph(graph_dir, out)
+            stats = copy_graph(graph_dir, out, gguf)
         return {"fused_decoder": {**section, "builder": "onnxruntime_genai.models.builder", "precision": precision,
-                                  "extra_options": ["exclude_embeds=true", "prune_lm_head=true"], "source": source}}
+                                  "extra_options": ["exclude_embeds=true", "prune_lm_head=true"], "source": source,
+                                  "weights": stats or {"method": f"builder {precision}"}}}
 
     recorded: dict[str, Any] = {}
 
@@ -235,7 +336,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="default: the bundle's (float32 -> fp32, int4 -> int4)")
     p.add_argument("--builder-python", help="interpreter with onnxruntime-genai, torch and transformers "
                                             "(default: .venv-peers/bin/python when present, else this one)")
-    p.add_argument("--prebuilt", type=Path, help="use this builder output directory instead of running the builder")
+    p.add_argument("--prebuilt", type=Path, help="use this builder output directory instead of running the builder "
+                                                 "(its fp32 build for --weights gguf)")
+    p.add_argument("--weights", choices=("auto", "gguf", "builder"), default="auto",
+                   help="int4: the GGUF's own blocks converted from the builder's fp32 graph (auto for a gguf-method "
+                        "bundle) or the builder's own int4 RTN")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the check")
     p.add_argument("--overwrite", action="store_true")
     return p
@@ -244,9 +349,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     manifest = add_fused_decoder(args.bundle, args.checkpoint, args.out, args.precision, args.builder_python,
-                                 args.prebuilt, args.overwrite, args.threads)
+                                 args.prebuilt, args.overwrite, args.threads, args.weights)
     f, c = manifest["fused_decoder"], manifest.get("check", {})
-    print(f"bundle with a fused {f['precision']} decoder written to {args.out} "
+    print(f"bundle with a fused {f['precision']} decoder ({f['weights']['method']}) written to {args.out} "
           f"({', '.join(f['contrib_ops'])}; logits {f['logits_positions']}, kv buffer {f['kv_buffer']})")
     if c:
         print(f"  vs the standard decoder: identical greedy tokens on {c['identical_greedy']}/{c['prompts']} prompts "

@@ -67,6 +67,7 @@ def derive_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
         config = json.loads((src.root / RUNTIME_FILE).read_text())
         if dtype is not None:
             config["dtype"] = dtype
+        config.pop("fused_decoder", None)  # built for the source's weights; compile.fused adds one to a result
         (tmp / RUNTIME_FILE).write_text(json.dumps(config, indent=2) + "\n")
         carried = {k: src.manifest[k] for k in CARRIED if k in src.manifest}
         fields = {**carried, **fields, "source": source_record(src)}

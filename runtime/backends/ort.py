@@ -29,6 +29,7 @@ PROVIDERS = {
 _DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 DECODERS = ("auto", "standard", "fused")
+_EMBED_CACHE_ROWS = 8192  # token embeddings kept (about 19 MB at hidden 576 in float32)
 DEFAULT_KV_CAPACITY = 256  # positions of a fused decoder's key/value buffer unless the caller says; grows on demand
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32}
@@ -147,6 +148,7 @@ class OrtBackend(Backend):
         # a fused decoder derives positions from the attention mask: a left-padded batch would be misread
         self.left_padding = not self.fused
         self._bound: tuple[Any, Any] | None = None  # (shared KV buffers, the IO binding that holds them)
+        self._embed_rows: dict[int, np.ndarray] = {}
         self._vision_dtype = _NUMPY.get({i.name: i.type for i in self._sessions["vision"].get_inputs()}
                                         [spec.vision.input], np.float32)
 
@@ -229,16 +231,30 @@ class OrtBackend(Backend):
         return self._sessions["vision"].run([io.output], {io.input: x})[0]
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        """Token embeddings; rows already seen come from a cache (the embed graph is a pure per-token lookup), so a
+        decode step usually skips a session run."""
         io = self.bundle.spec.embed
-        return self._sessions["embed"].run([io.output], {io.input: np.ascontiguousarray(input_ids, dtype=np.int64)})[0]
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        if ids.shape[1] == 1:
+            rows = [self._embed_rows.get(int(t)) for t in ids[:, 0]]
+            if all(r is not None for r in rows):
+                return np.stack(rows)[:, None]
+        out = self._sessions["embed"].run([io.output], {io.input: ids})[0]
+        if out.ndim == 3 and out.shape[:2] == ids.shape and len(self._embed_rows) < _EMBED_CACHE_ROWS:
+            for t, row in zip(ids.reshape(-1).tolist(), out.reshape(-1, out.shape[-1])):
+                self._embed_rows.setdefault(t, row.copy())
+        return out
 
     def empty_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         from onnxruntime import OrtValue
 
         spec = self.bundle.spec
         if self.fused and spec.fused_decoder.kv_buffer == "shared":
-            buf = np.zeros((batch, spec.num_kv_heads, capacity or DEFAULT_KV_CAPACITY, spec.head_dim), self._kv_dtype)
-            tensors = tuple(OrtValue.ortvalue_from_numpy(buf, self.device, self.device_id) for _ in self._fused_past)
+            # one buffer per layer and kind, owned by ORT (ortvalue_from_numpy would alias a single numpy array on
+            # CPU); positions past the cache length are never read, so they need no zeroing
+            shape = [batch, spec.num_kv_heads, capacity or DEFAULT_KV_CAPACITY, spec.head_dim]
+            tensors = tuple(OrtValue.ortvalue_from_shape_and_type(shape, self._kv_dtype, self.device, self.device_id)
+                            for _ in self._fused_past)
             return KVCache(batch=batch, length=0, tensors=tensors)
         empty = np.zeros((batch, spec.num_kv_heads, 0, spec.head_dim), dtype=self._kv_dtype)
         if not self.options.io_binding:
@@ -297,27 +313,28 @@ class OrtBackend(Backend):
             raise ValueError("this cache was not made by the fused decoder (use backend.empty_cache)")
         session = self._sessions["fused_decoder"]
         tensors = cache.tensors
-        if f.kv_buffer == "shared":
-            if cache.length + s > tensors[0].shape()[2]:
-                tensors = self._grow(tensors, cache.length + s)
-            # the buffers stay bound from one step to the next: only embeddings, mask and logits are rebound
-            if self._bound is None or self._bound[0] is not tensors:
-                io = session.io_binding()
+        shared = f.kv_buffer == "shared"
+        if shared and cache.length + s > tensors[0].shape()[2]:
+            tensors = self._grow(tensors, cache.length + s)
+        # logits are bound first, so they are the first output; with a shared buffer the binding is kept from one
+        # step to the next (the buffers do not move) and only the embeddings and the mask are rebound
+        if not shared or self._bound is None or self._bound[0] is not tensors:
+            io = session.io_binding()
+            io.bind_output(f.logits, "cpu")
+            if shared:
                 for past, present, value in zip(self._fused_past, self._fused_present, tensors):
                     io.bind_ortvalue_input(past, value)
                     io.bind_ortvalue_output(present, value)
                 self._bound = (tensors, io)
-            io = self._bound[1]
+            else:
+                for name, value in zip(self._fused_past, tensors):
+                    io.bind_ortvalue_input(name, value)
+                for name in self._fused_present:
+                    io.bind_output(name, self.device, self.device_id)
         else:
-            io = session.io_binding()
+            io = self._bound[1]
         io.bind_cpu_input(f.inputs_embeds, np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype))
         io.bind_cpu_input(f.attention_mask, np.ascontiguousarray(attention_mask, dtype=np.int64))
-        io.bind_output(f.logits, "cpu")
-        if f.kv_buffer != "shared":
-            for name, value in zip(self._fused_past, tensors):
-                io.bind_ortvalue_input(name, value)
-            for name in self._fused_present:
-                io.bind_output(name, self.device, self.device_id)
         session.run_with_iobinding(io)
         outputs = io.get_outputs()
         logits = outputs[0].numpy()
