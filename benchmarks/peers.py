@@ -107,14 +107,18 @@ def make_worker(spec: dict[str, Any]) -> tuple[Callable[[Any, int], dict[str, An
 
             if spec.get("experts"):
                 from calib.experts import load_experts
+                from calib.intervention import row_scales
 
-                factors: Any = load_experts(spec["experts"], model)
+                # the artifact's factors as row scales: the unit list is still checked, the model fingerprint is
+                # not (the hooks' cost does not depend on which checkpoint the factors were calibrated on)
+                factors: Any = row_scales(load_experts(spec["experts"]))
                 info["factors"] = f"experts artifact {spec['experts']}"
             else:
                 factors = random_factors(model, spec["random_fraction"])
                 info["factors"] = f"random factors on {spec['random_fraction']:.0%} of MLP units"
             hooked = stack.enter_context(suppress(model, factors))
             info["hooked_modules"] = len(hooked)
+            info["units_suppressed"] = int(sum(int((f < 1).sum()) for f in factors.values()))
         _KEEP.append(stack)  # the hooks stay on for the worker's life
         return runners.torch_runner(model, threads, ignore_eos=ignore), info
     if kind == "runtime":

@@ -300,6 +300,8 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
                 run_builder(python, tmp_path / "lm", graph_dir, "fp32" if gguf else precision, tmp_path / "cache")
             section = decoder_section(graph_dir)
             stats = copy_graph(graph_dir, out, gguf)
+            if stats:
+                section["contrib_ops"] = sorted(set(section["contrib_ops"]) | {"MatMulNBits"})
         return {"fused_decoder": {**section, "builder": "onnxruntime_genai.models.builder", "precision": precision,
                                   "extra_options": ["exclude_embeds=true", "prune_lm_head=true"], "source": source,
                                   "weights": stats or {"method": f"builder {precision}"}}}
