@@ -178,10 +178,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not eq or not name or "/" in name:
             raise UserError(f"--experts {entry!r}: expected NAME=DIR with a NAME without '/'")
         sources[name] = load_experts(path, model)
-    n_units = sum(int(w) for _, w in model.mlp_units()) if hasattr(model, "mlp_units") else None
+    n_units = sum(u.width for u in model.mlp_units())
     variants = []
     for text in args.variant:
-        source, spec = parse_variant(text, n_units or 1)
+        source, spec = parse_variant(text, n_units)
         if source is not None and source not in sources:
             raise UserError(f"variant {text!r} names experts {source!r}; pass --experts {source}=DIR")
         variants.append((text, source, spec))
