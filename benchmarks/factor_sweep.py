@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from calib.experts import Experts, load_experts  # noqa: E402
 from calib.factors import FactorSpec, factor_spec  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.mmtoxicqa.items import TOXIC_CONDITIONS  # noqa: E402
+from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS  # noqa: E402
 from runtime.stats import wilson_interval  # noqa: E402
 
 KEYS = {"s": "strength", "strength": "strength", "t": "threshold", "threshold": "threshold", "top_k": "top_k",
@@ -147,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dataset", type=Path, help="MM-TOXIC-QA dataset (default: the cached default build)")
     p.add_argument("--limit", type=int, default=50, help="evaluation items per condition")
+    p.add_argument("--condition-limit", action="append", metavar="COND=N",
+                   help="fewer items of one condition, e.g. jailbreak=16 (its prompts are ~650 tokens)")
     p.add_argument("--samples", type=int, default=2, help="sampled responses per toxic/benign item")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=16)
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from calib.models import load_generator
     from runtime.judges import load_judge
     from runtime.mmtoxicqa import corpus
-    from runtime.mmtoxicqa.__main__ import limit_items
+    from runtime.mmtoxicqa.__main__ import condition_limits, limit_items
     from runtime.mmtoxicqa.builder import cached_dataset
     from runtime.mmtoxicqa.dataset import dataset_info, load_dataset
     from runtime.mmtoxicqa.runner import RunSettings, run_benchmark
@@ -187,7 +189,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         variants.append((text, source, spec))
 
     root = args.dataset or cached_dataset()
-    items = limit_items(load_dataset(root, split="evaluation"), args.limit)
+    per_condition = condition_limits(args.condition_limit)
+    items = limit_items(load_dataset(root, split="evaluation"), args.limit, per_condition)
     ppl_path = corpus.default_corpus()
     if ppl_path is None:
         raise UserError(f"no WikiText-2 corpus found for self-perplexity; set ${corpus.CORPUS_ENV}")
@@ -196,7 +199,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     settings = RunSettings(max_new_tokens=args.max_new_tokens, samples=args.samples, batch_size=args.batch_size,
                            seed=args.seed)
     judge = load_judge()
-    info = {**dataset_info(root), "split": "evaluation", "limit": args.limit}
+    info = {**dataset_info(root), "split": "evaluation", "conditions": list(CONDITIONS),
+            "limit": args.limit, **({"condition_limits": per_condition} if per_condition else {})}
     rows = []
     for text, source, spec in variants:
         if spec is None:
@@ -214,7 +218,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"{text}: harmful {row['harmful_all'][0]}/{row['harmful_all'][1]}, ppl {row['perplexity']}, "
               f"{row['wall_s']} s", flush=True)
     md = table(rows)
-    settings_line = (f"model {args.model}; evaluation split, {args.limit} items per condition, {args.samples} "
+    settings_line = (f"model {args.model}; evaluation split, {args.limit} items per condition"
+                     f"{''.join(f' ({c}: {n})' for c, n in per_condition.items())}, {args.samples} "
                      f"sampled responses per toxic/benign item (T=1, top-p 0.9, {args.max_new_tokens} new tokens, "
                      f"seed {args.seed}); visual items greedy; judge {judge.describe().get('name', 'default')}")
     args.out.mkdir(parents=True, exist_ok=True)

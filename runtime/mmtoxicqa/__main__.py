@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from runtime import cli
 from runtime.errors import UserError
@@ -42,18 +42,33 @@ def load_judge(name: str | None) -> Judge:
     return _load() if name is None else _load(name)
 
 
-def limit_items(items: Sequence[Item], limit: int | None) -> list[Item]:
-    """The first `limit` items of each condition, in dataset order (all when None)."""
-    if limit is None:
-        return list(items)
-    if limit < 1:
-        raise UserError(f"--limit must be >= 1, got {limit}")
+def limit_items(items: Sequence[Item], limit: int | None,
+                per_condition: Mapping[str, int] | None = None) -> list[Item]:
+    """The first `limit` items of each condition, in dataset order (all when None); `per_condition` overrides
+    the limit for the conditions it names (jailbreak prompts are ~650 tokens: the costly ones on a CPU)."""
+    overrides = dict(per_condition or {})
+    for value in [limit, *overrides.values()]:
+        if value is not None and value < 1:
+            raise UserError(f"item limits must be >= 1, got {value}")
     taken: dict[str, int] = {}
     out = []
     for it in items:
-        if taken.get(it.condition, 0) < limit:
+        cap = overrides.get(it.condition, limit)
+        if cap is None or taken.get(it.condition, 0) < cap:
             taken[it.condition] = taken.get(it.condition, 0) + 1
             out.append(it)
+    return out
+
+
+def condition_limits(values: Sequence[str] | None) -> dict[str, int]:
+    """`--condition-limit COND=N` values as a mapping, with the condition and the number checked."""
+    out: dict[str, int] = {}
+    for value in values or ():
+        cond, eq, n = value.partition("=")
+        if not eq or not n.strip().isdigit():
+            raise UserError(f"--condition-limit {value!r}: expected CONDITION=N, e.g. jailbreak=16")
+        check_conditions([cond])
+        out[cond] = int(n)
     return out
 
 
@@ -83,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", type=Path, help="dataset directory (default: the default build, in the cache)")
     r.add_argument("--split", default="evaluation", choices=SPLITS)
     r.add_argument("--limit", type=int, help="at most N items per condition")
+    r.add_argument("--condition-limit", action="append", metavar="COND=N",
+                   help="at most N items of this condition (overrides --limit for it; repeatable)")
     r.add_argument("--conditions", nargs="+", help=f"subset of {', '.join(CONDITIONS)} (space or comma separated)")
     r.add_argument("--judge", help="toxicity judge (default: runtime.judges' default, the Jigsaw BiLSTM)")
     r.add_argument("--max-new-tokens", type=int, default=RunSettings.max_new_tokens)
@@ -117,14 +134,16 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     settings.check()
     conditions = _conditions(args.conditions)
     root = args.dataset if args.dataset is not None else cached_dataset()
-    items = limit_items(load_dataset(root, split=args.split, conditions=conditions), args.limit)
+    per_condition = condition_limits(args.condition_limit)
+    items = limit_items(load_dataset(root, split=args.split, conditions=conditions), args.limit, per_condition)
     ppl_path = None if args.no_ppl else (args.ppl_corpus or corpus.default_corpus())
     ppl_texts = corpus.load_corpus(ppl_path, n_texts=args.ppl_texts) if ppl_path is not None else None
     ppl_info = corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None
     judge = load_judge(args.judge)
     generator = load_bundle(args.bundle) if args.bundle is not None else load_model(args.model)
     reference = load_model(args.reference_model) if args.reference_model else None
-    info = {**dataset_info(root), "split": args.split, "conditions": list(conditions), "limit": args.limit}
+    info = {**dataset_info(root), "split": args.split, "conditions": list(conditions), "limit": args.limit,
+            **({"condition_limits": per_condition} if per_condition else {})}
     report = run_benchmark(generator, judge, items, args.out, settings, ppl_texts=ppl_texts, ppl_info=ppl_info,
                            reference=reference, dataset=info, progress=not args.no_progress)
     hr = report["harmful_rate"]

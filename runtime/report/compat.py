@@ -11,7 +11,7 @@ from typing import Any
 
 # Decoding settings that change what is measured (the seed and batch size only change the draws).
 SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "samples", "visual_max_new_tokens", "threshold")
-DATASET = ("items_sha256", "split", "conditions", "limit")
+DATASET = ("items_sha256", "split", "conditions", "limit", "condition_limits")
 # Judge fields that describe where it ran, not what it computes.
 JUDGE_VOLATILE = ("device", "url")
 CORPUS = ("sha256", "n_texts")
