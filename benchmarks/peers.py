@@ -357,6 +357,10 @@ def main() -> None:
     for n in ours:
         for peer in [p for p in results if p.startswith("onnxruntime-genai ") or p.startswith("llama.cpp")]:
             ratios[f"{n} / {peer}"] = ratio(dec(n), dec(peer))
+    for n in ours:
+        base = n.split(" fused")[0]
+        if base != n and base in results:
+            ratios[f"{n} / {base} (fused / standard decoder)"] = ratio(dec(n), dec(base))
     ratios["transformers folded / transformers"] = ratio(dec("transformers folded fp32"), dec("transformers fp32"))
     ratios["transformers+hooks / transformers"] = ratio(dec("transformers+hooks fp32"), dec("transformers fp32"))
     print("\ndecode ratios (medians):")

@@ -40,6 +40,7 @@ from runtime.errors import UserError
 
 GRAPH_FILE = "decoder-fused.onnx"
 PRECISIONS = ("fp32", "int4")
+GQA_HEAD_MULTIPLE = 16  # "head_size shall be a multiple of 16" (GroupQueryAttention, onnxruntime 1.32 CPU)
 RUNTIME_KEYS = ("graph", "inputs_embeds", "attention_mask", "past_key", "past_value", "logits", "present_key",
                 "present_value", "logits_positions", "kv_buffer", "providers")
 CHECK_QUESTIONS = ("What is in this picture?", "Write one sentence about the sea.", "Name three colours.")
@@ -267,6 +268,9 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(f"a fused decoder is built in fp32 or int4, not {precision!r}; pass --precision")
     if src.spec.fused_decoder is not None:
         raise UserError(f"{bundle_dir} already has a fused decoder")
+    if src.spec.head_dim % GQA_HEAD_MULTIPLE:
+        raise UserError(f"ONNX Runtime's GroupQueryAttention on CPU needs a head size that is a multiple of "
+                        f"{GQA_HEAD_MULTIPLE}; this model's is {src.spec.head_dim}, so it keeps the standard decoder")
     method = src.manifest.get("precision", {}).get("method")
     if weights == "auto":
         weights = "gguf" if precision == "int4" and method == "gguf-exact" else "builder"
