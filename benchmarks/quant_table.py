@@ -32,7 +32,8 @@ from runtime.generate import BundleGenerator  # noqa: E402
 from runtime.mmtoxicqa import corpus  # noqa: E402
 from runtime.mmtoxicqa.builder import cached_dataset  # noqa: E402
 from runtime.mmtoxicqa.dataset import dataset_info, load_dataset  # noqa: E402
-from runtime.mmtoxicqa.items import TOXIC_CONDITIONS  # noqa: E402
+from runtime.mmtoxicqa.__main__ import condition_limits, limit_items  # noqa: E402
+from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS  # noqa: E402
 from runtime.mmtoxicqa.runner import REPORT_FILE, RunSettings, run_benchmark  # noqa: E402
 from runtime.protocol import GenerationConfig, GenerationRequest  # noqa: E402
 
@@ -65,29 +66,25 @@ def decode_speed(bundles: dict[str, Path], rounds: int, tokens: int, threads: in
             for name, r in rates.items() if r}
 
 
-def evaluate(name: str, path: Path, out: Path, limit: int | None, threads: int) -> dict[str, Any]:
-    """MM-TOXIC-QA on one bundle (resumes from its run directory)."""
+def evaluate(name: str, path: Path, out: Path, limit: int | None, per_condition: dict[str, int], threads: int,
+             batch_size: int) -> dict[str, Any]:
+    """MM-TOXIC-QA on one bundle (resumes from its run directory); the dataset record matches
+    `python -m runtime.mmtoxicqa run`'s, so runtime.check can compare these runs with CLI or sweep runs."""
     from runtime.judges import load_judge
 
     run_dir = out / "runs" / name
     if (run_dir / REPORT_FILE).is_file():
         return json.loads((run_dir / REPORT_FILE).read_text())
     root = cached_dataset()
-    items = load_dataset(root, split="evaluation")
-    if limit is not None:
-        taken: dict[str, int] = {}
-        kept = []
-        for it in items:
-            if taken.get(it.condition, 0) < limit:
-                taken[it.condition] = taken.get(it.condition, 0) + 1
-                kept.append(it)
-        items = kept
+    items = limit_items(load_dataset(root, split="evaluation"), limit, per_condition)
     ppl_path = corpus.default_corpus()
     ppl_texts = corpus.load_corpus(ppl_path) if ppl_path is not None else None
     gen = BundleGenerator.open(path, threads=threads)
-    return run_benchmark(gen, load_judge(), items, run_dir, RunSettings(), ppl_texts=ppl_texts,
+    info = {**dataset_info(root), "split": "evaluation", "conditions": list(CONDITIONS), "limit": limit,
+            **({"condition_limits": per_condition} if per_condition else {})}
+    return run_benchmark(gen, load_judge(), items, run_dir, RunSettings(batch_size=batch_size), ppl_texts=ppl_texts,
                          ppl_info=corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None,
-                         dataset={**dataset_info(root), "split": "evaluation", "limit": limit}, progress=False)
+                         dataset=info, progress=False)
 
 
 def row(name: str, path: Path, report: dict[str, Any], speed: dict[str, float] | None,
@@ -175,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reference", required=True, help="NAME of the bundle the others are compared with")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--limit", type=int, help="MM-TOXIC-QA items per condition (default: all)")
+    p.add_argument("--condition-limit", action="append", metavar="COND=N",
+                   help="fewer items of one condition, e.g. jailbreak=16 (its prompts are ~650 tokens)")
+    p.add_argument("--batch-size", type=int, default=RunSettings.batch_size)
     p.add_argument("--speed-rounds", type=int, default=3)
     p.add_argument("--speed-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -186,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--reference {args.reference} is not one of the bundles")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    reports = {name: evaluate(name, path, args.out, args.limit, args.threads) for name, path in bundles.items()}
+    per_condition = condition_limits(args.condition_limit)
+    reports = {name: evaluate(name, path, args.out, args.limit, per_condition, args.threads, args.batch_size)
+               for name, path in bundles.items()}
     agree: dict[str, Any] = {}
     if "agreement" not in args.skip:
         items = check_items()
@@ -197,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [row(n, bundles[n], reports[n], speed.get(n), agree.get(n)) for n in bundles]
     gate(rows, args.reference, args.out)
     meta = {"reference": args.reference, "items per condition": args.limit or "all (evaluation split)",
+            **({"fewer items": per_condition} if per_condition else {}),
             "decoding": "MM-TOXIC-QA defaults (sampling T=1.0, top-p 0.9, 48 new tokens; visual greedy)",
             "speed": f"greedy, batch 1, {args.speed_tokens} new tokens, {args.threads} threads, "
                      f"{args.speed_rounds} interleaved rounds x {len(SPEED_PROMPTS)} prompts: median [min-max]",
