@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from calib.factors import FactorSpec, factors_by_key, spec_from_dict
+from calib.factors import DEFAULT_TOP_FRACTION, FactorSpec, factors_by_key, spec_from_dict
 from runtime.artifacts import atomic_dir, read_manifest, write_manifest
 from runtime.errors import UserError
 
@@ -215,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--strength", type=float, help="sgm: s in alpha = clip(1 - s (2 AUROC - 1), 0, 1) (default 1)")
     m.add_argument("--threshold", type=float, help="sgm: suppress only units with AUROC above this (default 0.5)")
     m.add_argument("--top-k", type=int, help="sgm: cap on suppressed units; det0/damp: units to suppress")
+    m.add_argument("--top-fraction", type=float, default=DEFAULT_TOP_FRACTION,
+                   help="when --top-k is not given: sgm's cap / det0's and damp's count as a share of all scored "
+                        "units (default %(default)s; 0 = no cap, which for sgm at s = 1 is AurA's broad "
+                        "dampening: measured to break small models, docs/factors.md)")
     m.add_argument("--damp-alpha", type=float, help="damp: the fixed alpha (default 0.5)")
     m.add_argument("--auroc-from", help="reuse the AUROCs of this experts directory (same model) instead of "
                                         "collecting again: only the factors are recomputed")
@@ -314,15 +318,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def _main(argv: Sequence[str] | None) -> None:
         args = _parser().parse_args(argv)
-        from calib.factors import factor_spec
+        from calib.factors import factor_spec, top_k_for
 
-        spec = factor_spec(args.method, strength=args.strength, threshold=args.threshold, top_k=args.top_k,
-                           damp_alpha=args.damp_alpha)
+        top_k_for(args.top_fraction, 1)  # a bad fraction is refused before anything loads
+        capped = args.top_k is None and args.method != "aura" and args.top_fraction > 0
+
+        def spec_with(top_k: int | None) -> FactorSpec:
+            return factor_spec(args.method, strength=args.strength, threshold=args.threshold, top_k=top_k,
+                               damp_alpha=args.damp_alpha)
+
+        spec = spec_with(1 if capped else args.top_k)  # validates every parameter before anything loads
         if Path(args.out).exists() and not args.overwrite:
             raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
         from calib.models import load_model
 
         model = load_model(args.model)
+        if capped:
+            spec = spec_with(top_k_for(args.top_fraction, sum(width for _, width in model_units(model))))
         if args.auroc_from:
             experts = load_experts(args.auroc_from, model).with_spec(spec)
         else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from calib.factors import DEFAULT_TOP_FRACTION
 from runtime import cli
 from runtime.artifacts import MANIFEST, read_manifest, sha256_file, sha256_json
 from runtime.errors import UserError
@@ -27,7 +28,6 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-qdq", "int4-qdq")
 # a real measurement (the MM-TOXIC-QA dataset has 100 calibration and 50 evaluation items per condition).
 DEFAULT_CALIB_LIMIT = 40
 DEFAULT_EVAL_LIMIT = 20
-DEFAULT_TOP_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -160,19 +160,6 @@ def _model_key(location: Path | str) -> dict[str, Any]:
     return {"location": str(location)}
 
 
-def unit_count(location: Path | str) -> int:
-    """How many MLP units (gate, up and down outputs of every decoder layer) the model has, from its config."""
-    p = Path(str(location)) / "config.json"
-    if p.is_file():
-        config = json.loads(p.read_text())
-    else:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(str(location)).to_dict()
-    text = config.get("text_config", config)
-    return int(text["num_hidden_layers"]) * (2 * int(text["intermediate_size"]) + int(text["hidden_size"]))
-
-
 def run_build(args: argparse.Namespace) -> dict[str, Any]:
     """Chain the stages; return the final report (or None when evaluation is skipped)."""
     from calib.models import resolve
@@ -190,10 +177,8 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         from calib import experts as calib_experts
 
         argv = ["--model", args.model, "--method", args.method, "--pooling", args.pooling, "--seed", str(args.seed)]
-        top_k = args.top_k
-        if top_k is None and args.top_fraction and args.method in ("sgm", "det0", "damp"):
-            top_k = max(1, round(args.top_fraction * unit_count(location)))
-        for flag, value in (("--strength", args.strength), ("--threshold", args.threshold), ("--top-k", top_k)):
+        for flag, value in (("--strength", args.strength), ("--threshold", args.threshold), ("--top-k", args.top_k),
+                            ("--top-fraction", args.top_fraction if args.method != "aura" else None)):
             if value is not None:
                 argv += [flag, str(value)]
         if calib_limit:

@@ -127,5 +127,15 @@ def test_cli_builds_from_text_set_and_refactors(tmp_path, capsys) -> None:
     assert re.counts()["totals"]["suppressed"] == 7 and re.calibration == ex.calibration
     for key, _ in ex.units:
         np.testing.assert_array_equal(re.auroc[key], ex.auroc[key])
-    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(det0), "--method", "det0"]) == 2
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(det0), "--method", "det0",
+                             "--top-fraction", "0"]) == 2
     assert "needs top_k" in capsys.readouterr().err
+    n_units = sum(width for _, width in ex.units)
+    capped = tmp_path / "capped"  # the default: SGM capped at 1% of all units
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(capped), "--auroc-from", str(out)]) == 0
+    c = load_experts(capped)
+    assert c.spec.method == "sgm" and c.spec.top_k == max(1, round(0.01 * n_units))
+    assert 0 < c.counts()["totals"]["suppressed"] <= c.spec.top_k
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(tmp_path / "x"), "--top-fraction", "1.5",
+                             "--auroc-from", str(out)]) == 2
+    assert "top fraction must be in [0, 1)" in capsys.readouterr().err

@@ -70,3 +70,11 @@ def test_bad_aurocs_are_refused() -> None:
         factors(A, factor_spec("det0", top_k=8))
     with pytest.raises(UserError, match=r"in \[0, 1\]"):
         factors(np.array([0.5, np.nan]), factor_spec())
+
+
+def test_top_k_for_a_fraction_of_the_units():
+    from calib.factors import top_k_for
+
+    assert top_k_for(0.01, 109440) == 1094 and top_k_for(0.01, 10) == 1 and top_k_for(0.0, 100) is None
+    with pytest.raises(UserError, match=r"\[0, 1\)"):
+        top_k_for(1.0, 100)
