@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calib.experts import Experts, load_experts  # noqa: E402
-from calib.factors import FactorSpec, factor_spec  # noqa: E402
+from calib.factors import FactorSpec, factor_spec, top_k_for  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
 from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS  # noqa: E402
 from runtime.stats import wilson_interval  # noqa: E402
@@ -56,7 +56,7 @@ def parse_variant(text: str, n_units: int) -> tuple[str | None, FactorSpec | Non
     if fraction is not None:
         if not 0.0 < fraction < 1.0:
             raise UserError(f"variant {text!r}: top_fraction must be in (0, 1), got {fraction}")
-        kwargs["top_k"] = max(1, round(fraction * n_units))
+        kwargs["top_k"] = top_k_for(fraction, n_units)
     if "top_k" in kwargs:
         kwargs["top_k"] = int(kwargs["top_k"])
     return source, factor_spec(method, **kwargs)
