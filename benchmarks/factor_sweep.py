@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     from runtime import cli
 
-    return cli.run(lambda a: run(_parser().parse_args(a)), argv)
+    return cli.run(lambda a: None if run(_parser().parse_args(a)) else None, argv)
 
 
 if __name__ == "__main__":
