@@ -47,9 +47,11 @@ def limit_items(items: Sequence[Item], limit: int | None,
     """The first `limit` items of each condition, in dataset order (all when None); `per_condition` overrides
     the limit for the conditions it names (jailbreak prompts are ~650 tokens: the costly ones on a CPU)."""
     overrides = dict(per_condition or {})
-    for value in [limit, *overrides.values()]:
-        if value is not None and value < 1:
-            raise UserError(f"item limits must be >= 1, got {value}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    for cond, value in overrides.items():
+        if value < 1:
+            raise UserError(f"--condition-limit {cond}={value}: the limit must be >= 1")
     taken: dict[str, int] = {}
     out = []
     for it in items:

@@ -30,5 +30,5 @@ def test_bad_condition_limits_name_the_problem(value, needle):
 
 
 def test_zero_limits_are_refused():
-    with pytest.raises(UserError, match=">= 1"):
+    with pytest.raises(UserError, match="jailbreak=0: the limit must be >= 1"):
         limit_items(ITEMS, 2, {"jailbreak": 0})
