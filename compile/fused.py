@@ -154,10 +154,7 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
     """The builder's float32 MatMuls as MatMulNBits with the GGUF's own blocks (+ block-sum offsets), as
     compile.gguf_nbits does for the standard decoder; each converted weight is checked against the float32 one
     (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`)."""
-    from onnx import numpy_helper
-
-    from compile.gguf_nbits import QK, _block_sums, _check, _com_microsoft, matmul_nbits_node
-    from compile.quantize.graphs import unit_of
+    from compile.gguf_nbits import _com_microsoft, replace_matmul
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -169,22 +166,8 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
         if blocks is None:
             nodes.append(node)
             continue
-        unit = unit_of(node.name)
-        if row_scales and unit in row_scales:
-            blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
-            folded.append(unit)
-        worst = max(worst, _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name))
-        sums = None
-        if blocks.correction().any():
-            if node.input[0] not in sums_of:
-                sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
-                nodes.extend(extra)
-                added.extend(consts)
-            sums = sums_of[node.input[0]]
-        new, tensors = matmul_nbits_node(node, blocks, accuracy_level, sums)
-        nodes.extend(new)
-        added.extend(tensors)
-        dropped.add(node.input[1])
+        worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
+                                          accuracy_level))
         kind = f"Q{blocks.bits}"
         converted[kind] = converted.get(kind, 0) + 1
     layers = sum(1 for n in graph.node if n.name.endswith("qkv_proj/MatMul"))

@@ -237,6 +237,32 @@ def _block_sums(a: str, k: int) -> tuple[str, list[onnx.NodeProto], list[onnx.Te
     return f"{a}_block_sums", nodes, [shape, axes]
 
 
+def replace_matmul(node: Any, blocks: Any, inits: dict[str, Any], row_scales: dict[str, np.ndarray] | None,
+                   folded: list[str], sums_of: dict[str, str], nodes: list, added: list, dropped: set,
+                   accuracy_level: int = 4, qdq: bool = False) -> float:
+    """Replace one float MatMul by its GGUF blocks (scaled by its unit's SGM factors when given, checked against
+    the float weight): appends the new nodes and tensors (block sums shared per activation in `sums_of`), marks
+    the float weight dropped; returns the check's max |difference|."""
+    unit = unit_of(node.name)
+    if row_scales and unit in row_scales:
+        blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
+        folded.append(unit)
+    diff = _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name)
+    sums = None
+    if blocks.correction().any():
+        if node.input[0] not in sums_of:
+            sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
+            nodes.extend(extra)
+            added.extend(consts)
+        sums = sums_of[node.input[0]]
+    new, tensors = (dequantize_linear_nodes(node, blocks, sums) if qdq
+                    else matmul_nbits_node(node, blocks, accuracy_level, sums))
+    nodes.extend(new)
+    added.extend(tensors)
+    dropped.add(node.input[1])
+    return diff
+
+
 def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int = 4,
                     row_scales: dict[str, np.ndarray] | None = None, qdq: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph).
@@ -263,23 +289,8 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
                 kept_float.append(node.name)
             continue
         blocks = weights.blocks(name)
-        unit = unit_of(node.name)
-        if row_scales and unit in row_scales:
-            blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
-            folded.append(unit)
-        worst = max(worst, _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name))
-        sums = None
-        if blocks.correction().any():
-            if node.input[0] not in sums_of:
-                sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
-                nodes.extend(extra)
-                added.extend(consts)
-            sums = sums_of[node.input[0]]
-        new, tensors = (dequantize_linear_nodes(node, blocks, sums) if qdq
-                        else matmul_nbits_node(node, blocks, accuracy_level, sums))
-        nodes.extend(new)
-        added.extend(tensors)
-        dropped.add(node.input[1])
+        worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
+                                          accuracy_level, qdq))
         converted[weights.types[name]] = converted.get(weights.types[name], 0) + 1
     expected = 7 * sum(1 for n in graph.node if n.op_type == "MatMul" and n.name.endswith("q_proj/MatMul"))
     if sum(converted.values()) + len(kept_float) < expected:
