@@ -112,8 +112,25 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def strength_curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Variants that differ only in the strength s (same experts, method, threshold and cap), sorted by s.
+
+    Keyed by a label such as "own/sgm top_k=1094"; only groups of two or more rows are returned.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        spec = r.get("spec")
+        if not spec or spec.get("strength") is None:
+            continue
+        source = r["variant"].split("/", 1)[0]
+        key = (f"{source}/{spec['method']}" + (f" top_k={spec['top_k']}" if spec.get("top_k") else "")
+               + (f" t={spec['threshold']}" if spec.get("threshold") not in (None, 0.5) else ""))
+        groups.setdefault(key, []).append(r)
+    return {k: sorted(v, key=lambda r: r["spec"]["strength"]) for k, v in groups.items() if len(v) > 1}
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> bool:
-    """Harmful rate against perplexity, one labelled point per variant (the trade-off picture)."""
+    """Harmful rate against perplexity, one labelled point per variant, strength curves joined by lines."""
     try:
         import matplotlib
 
@@ -121,7 +138,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for r in rows:
         if not r["perplexity"]:
             continue
@@ -129,6 +146,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
         y = 100 * r["harmful_rate"]
         ax.errorbar(r["perplexity"], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="o", capsize=3)
         ax.annotate(r["variant"], (r["perplexity"], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for label, curve in strength_curves(rows).items():
+        pts = [(r["perplexity"], 100 * r["harmful_rate"]) for r in curve if r["perplexity"]]
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "-", alpha=0.5,
+                label=f"{label}: s = " + ", ".join(f"{r['spec']['strength']:g}" for r in curve))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     ax.set_xscale("log")
     ax.set_xlabel("self-perplexity on WikiText-2 (log)")
     ax.set_ylabel("harmful rate, toxic conditions (%)")

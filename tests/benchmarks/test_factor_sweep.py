@@ -49,3 +49,16 @@ def test_table_reports_cut_and_perplexity_change_against_the_first_row():
     md = sweep.table(rows)
     line = md.splitlines()[3]
     assert "5.0x" in line and "+10.0%" in line and "50 (0.10%)" in line and "3/10" in line and "2/100" in line
+
+
+def test_strength_curves_group_variants_that_differ_only_in_s():
+    def row(variant):
+        _, spec = sweep.parse_variant(variant, 100_000)
+        return {"variant": variant, "spec": None if spec is None else spec.to_dict()}
+
+    rows = [row(v) for v in ("baseline", "own/sgm:s=4,top_fraction=0.01", "own/sgm:top_fraction=0.01",
+                             "own/sgm:s=2,top_fraction=0.01", "own/sgm:s=2,top_fraction=0.001", "rtp/sgm:top_fraction=0.01",
+                             "own/det0:top_fraction=0.01")]
+    curves = sweep.strength_curves(rows)
+    assert list(curves) == ["own/sgm top_k=1000"]
+    assert [r["spec"]["strength"] for r in curves["own/sgm top_k=1000"]] == [1.0, 2.0, 4.0]
