@@ -190,9 +190,13 @@ class BundleGenerator:
         return out
 
     def describe(self) -> dict[str, Any]:
-        """Provenance for reports: the bundle's model, content hash and dtype, and the backend's providers."""
+        """Provenance for reports: the bundle's model, content hash, I/O dtype and weight precision (with the
+        quantization method, e.g. "int4 (gguf-exact)"), and the backend's providers."""
         backend = {k: v for k, v in self.backend.describe().items() if k in ("backend", "providers", "device")}
         out = {**backend, "model": self.spec.model, "dtype": self.spec.dtype, "bundle_sha256": self.bundle.fingerprint}
+        quant = self.bundle.manifest.get("precision")
+        if isinstance(quant, dict) and quant.get("name"):
+            out["precision"] = quant["name"] + (f" ({quant['method']})" if quant.get("method") else "")
         source = self.bundle.manifest.get("model")
         if isinstance(source, dict):  # the exporter's record of the PyTorch model: fingerprints, fold, experts
             out["source"] = {k: source[k] for k in ("name", "config_sha256", "mlp_weights_sha256", "folded",

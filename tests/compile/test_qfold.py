@@ -134,6 +134,7 @@ def test_qfolded_int4_computes_the_detoxified_int4_model(paths):
     manifest = json.loads((paths["int4-then-fold"] / "manifest.json").read_text())
     assert manifest[KEY]["ops"] == {"MatMulNBits": 6} and manifest[KEY]["units_scaled"] > 0
     assert manifest["precision"]["name"] == "int4" and manifest["source"]["precision"] == "int4"
+    assert plain.describe()["precision"].startswith("int4 (") and plain.describe()["dtype"] == "float32"
 
 
 def _single(weight: np.ndarray) -> onnx.ModelProto:

@@ -38,6 +38,7 @@ def test_is_a_generator(generator: BundleGenerator):
     d = generator.describe()
     assert d["backend"] == "onnxruntime" and d["providers"] == ["CPUExecutionProvider"]
     assert d["model"] == "tiny-random-llava" and d["dtype"] == "float32" and len(d["bundle_sha256"]) == 64
+    assert "precision" not in d  # an exported (unquantized) bundle: its weights are its I/O dtype
 
 
 def test_prompt_tokens_match_the_pytorch_model(generator: BundleGenerator, tiny_llava, requests):
