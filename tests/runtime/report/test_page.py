@@ -118,6 +118,17 @@ def test_cli(three_runs, tmp_path, capsys):
     assert cli.run(main, ["--report", str(three_runs[0]), "--experts", str(tmp_path / "none"), "--out", str(out)]) == 2
 
 
+def test_cli_takes_compare_and_labels_repeated_or_listed(three_runs, tmp_path):
+    """`--compare A --compare B` (as docs/ci-gate.md writes it) keeps both runs, like `--compare A B`."""
+    a, b, c = (str(r) for r in three_runs)
+    for i, argv in enumerate((["--compare", b, "--compare", c, "--labels", "A", "--labels", "B", "C"],
+                              ["--compare", b, c, "--labels", "A", "B", "C"])):
+        out = tmp_path / f"r{i}.html"
+        assert cli.run(main, ["--report", a, *argv, "--examples", "0", "--out", str(out)]) == 0
+        text = _html(out)
+        assert "MM-TOXIC-QA report: A</h1>" in text and "2. B" in text and "3. C" in text
+
+
 def test_importing_the_report_pulls_in_no_torch_and_no_matplotlib():
     probe = ("import sys, runtime.report, runtime.report.page, runtime.report.__main__, runtime.check\n"
              "bad = {'torch', 'transformers', 'calib', 'compile', 'matplotlib'} & {m.split('.')[0] for m in sys.modules}\n"
