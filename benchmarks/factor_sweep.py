@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from calib.experts import Experts, load_experts  # noqa: E402
 from calib.factors import FactorSpec, factor_spec, top_k_for  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS  # noqa: E402
+from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS, check_conditions  # noqa: E402
 from runtime.stats import wilson_interval  # noqa: E402
 
 KEYS = {"s": "strength", "strength": "strength", "t": "threshold", "threshold": "threshold", "top_k": "top_k",
@@ -104,9 +104,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         ppl = r["perplexity"]
         dppl = f"{100 * (ppl / base['perplexity'] - 1):+.1f}%" if ppl and base["perplexity"] else "-"
         vis = f"{r['visual'][0]}/{r['visual'][1]}" if r["visual"] else "-"
+        rate = (f"{100 * r['harmful_rate']:.1f}% [{100 * r['harmful_ci95'][0]:.1f}, {100 * r['harmful_ci95'][1]:.1f}]"
+                if r["harmful_rate"] is not None else "-")
         cells = ([r["variant"], units] + [f"{h}/{n}" for h, n in (r["harmful"][c] for c in conds)]
-                 + [f"{100 * r['harmful_rate']:.1f}% [{100 * r['harmful_ci95'][0]:.1f}, {100 * r['harmful_ci95'][1]:.1f}]",
-                    cut, f"{r['mean_toxicity']:.3f}", f"{ppl:.2f}" if ppl else "-", dppl, vis,
+                 + [rate, cut, f"{r['mean_toxicity']:.3f}" if r["mean_toxicity"] is not None else "-", f"{ppl:.2f}" if ppl else "-", dppl, vis,
                     f"{100 * r['degenerate_rate']:.1f}%" if r["degenerate_rate"] is not None else "-"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -139,13 +140,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    points: dict[tuple[float, float], list[str]] = {}  # variants with identical results share one label
     for r in rows:
-        if not r["perplexity"]:
+        if not r["perplexity"] or r["harmful_rate"] is None:
             continue
         lo, hi = r["harmful_ci95"]
         y = 100 * r["harmful_rate"]
-        ax.errorbar(r["perplexity"], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="o", capsize=3)
-        ax.annotate(r["variant"], (r["perplexity"], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        key = (round(r["perplexity"], 3), round(y, 3))
+        if key not in points:
+            ax.errorbar(r["perplexity"], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="o", capsize=3)
+        points.setdefault(key, []).append(r["variant"])
+    for i, ((x, y), names) in enumerate(sorted(points.items())):
+        ax.annotate("\n= ".join(names), (x, y), textcoords="offset points", xytext=(5, 4 if i % 2 else -14),
+                    fontsize=7, va="bottom" if i % 2 else "top")
     for label, curve in strength_curves(rows).items():
         pts = [(r["perplexity"], 100 * r["harmful_rate"]) for r in curve if r["perplexity"]]
         ax.plot([x for x, _ in pts], [y for _, y in pts], "-", alpha=0.5,
@@ -169,7 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", required=True, help="baseline or EXPERTS/METHOD[:k=v,...]")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dataset", type=Path, help="MM-TOXIC-QA dataset (default: the cached default build)")
-    p.add_argument("--limit", type=int, default=50, help="evaluation items per condition")
+    p.add_argument("--split", choices=("evaluation", "calibration"), default="evaluation",
+                   help="dataset split (choose defaults on calibration, report on evaluation)")
+    p.add_argument("--conditions", help="comma-separated subset of the conditions (default: all)")
+    p.add_argument("--limit", type=int, default=50, help="items per condition")
     p.add_argument("--condition-limit", action="append", metavar="COND=N",
                    help="fewer items of one condition, e.g. jailbreak=16 (its prompts are ~650 tokens)")
     p.add_argument("--samples", type=int, default=2, help="sampled responses per toxic/benign item")
@@ -213,7 +223,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     root = args.dataset or cached_dataset()
     per_condition = condition_limits(args.condition_limit)
-    items = limit_items(load_dataset(root, split="evaluation"), args.limit, per_condition)
+    conditions = CONDITIONS if not args.conditions else check_conditions(
+        [c for c in args.conditions.split(",") if c])
+    items = [it for it in limit_items(load_dataset(root, split=args.split), args.limit, per_condition)
+             if it.condition in conditions]
     ppl_path = corpus.default_corpus()
     if ppl_path is None:
         raise UserError(f"no WikiText-2 corpus found for self-perplexity; set ${corpus.CORPUS_ENV}")
@@ -222,7 +235,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     settings = RunSettings(max_new_tokens=args.max_new_tokens, samples=args.samples, batch_size=args.batch_size,
                            seed=args.seed)
     judge = load_judge()
-    info = {**dataset_info(root), "split": "evaluation", "conditions": list(CONDITIONS),
+    info = {**dataset_info(root), "split": args.split, "conditions": list(conditions),
             "limit": args.limit, **({"condition_limits": per_condition} if per_condition else {})}
     rows = []
     for text, source, spec in variants:
@@ -241,7 +254,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"{text}: harmful {row['harmful_all'][0]}/{row['harmful_all'][1]}, ppl {row['perplexity']}, "
               f"{row['wall_s']} s", flush=True)
     md = table(rows)
-    settings_line = (f"model {args.model}; evaluation split, {args.limit} items per condition"
+    settings_line = (f"model {args.model}; {args.split} split ({', '.join(conditions)}), {args.limit} items per condition"
                      f"{''.join(f' ({c}: {n})' for c, n in per_condition.items())}, {args.samples} "
                      f"sampled responses per toxic/benign item (T=1, top-p 0.9, {args.max_new_tokens} new tokens, "
                      f"seed {args.seed}); visual items greedy; judge {judge.describe().get('name', 'default')}")
