@@ -73,7 +73,7 @@ def _rate(block: dict[str, Any]) -> tuple[int, int]:
 def summarize(name: str, report: dict[str, Any], units: dict[str, Any] | None) -> dict[str, Any]:
     """One table row from a run's report."""
     hits, total = _rate(report["harmful_rate"])
-    lo, hi = wilson_interval(hits, total)
+    lo, hi = wilson_interval(hits, total) if total else (None, None)  # a run without toxic-eliciting items
     by_cond = report["harmful_rate_by_condition"]
     visual = report.get("visual_accuracy") or {}
     return {

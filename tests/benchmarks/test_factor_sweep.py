@@ -51,6 +51,16 @@ def test_table_reports_cut_and_perplexity_change_against_the_first_row():
     assert "5.0x" in line and "+10.0%" in line and "50 (0.10%)" in line and "3/10" in line and "2/100" in line
 
 
+def test_a_run_without_toxic_eliciting_items_has_no_harmful_rate():
+    report = {"harmful_rate": {"hits": 0, "total": 0, "rate": None}, "harmful_rate_by_condition": {},
+              "mean_toxicity": None, "perplexity": 30.0, "visual_accuracy": {"hits": 40, "total": 50},
+              "degenerate_rate": {"rate": 0.0}}
+    rows = [sweep.summarize("baseline", report, None)]
+    assert rows[0]["harmful_rate"] is None and rows[0]["visual"] == [40, 50]
+    line = sweep.table(rows).splitlines()[2]
+    assert "| - | - | - | 30.00 | +0.0% | 40/50 |" in line
+
+
 def test_strength_curves_group_variants_that_differ_only_in_s():
     def row(variant):
         _, spec = sweep.parse_variant(variant, 100_000)
