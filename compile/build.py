@@ -63,8 +63,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, help="cap the number of suppressed units (global, by AUROC)")
     g.add_argument("--top-fraction", type=float, default=DEFAULT_TOP_FRACTION,
                    help="cap as a fraction of all MLP units when --top-k is not given (default %(default)s; 0 = no "
-                        "cap). Broad dampening breaks small models (METHOD.md: AurA on SmolLM2 touched 68%% of "
-                        "units and doubled perplexity; the top 1%% kept it within 10%%)")
+                        "cap). Chosen on smol-llava's calibration split (docs/factors.md): broad dampening breaks small "
+                        "models (AurA there touched 57%% of units, perplexity +75%%)")
     g.add_argument("--pooling", choices=("max", "mean"), default="max", help="pooling over response tokens")
     g.add_argument("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT,
                    help="calibration items per condition (default %(default)s; 0 = all)")

@@ -9,7 +9,7 @@ import torch
 
 import calib.experts as experts_mod
 from calib.experts import build_experts, load_experts, model_info, model_units, save_experts
-from calib.factors import factor_spec
+from calib.factors import DEFAULT_TOP_FRACTION, factor_spec
 from calib.models import load_model
 from runtime.errors import UserError
 
@@ -131,10 +131,10 @@ def test_cli_builds_from_text_set_and_refactors(tmp_path, capsys) -> None:
                              "--top-fraction", "0"]) == 2
     assert "needs top_k" in capsys.readouterr().err
     n_units = sum(width for _, width in ex.units)
-    capped = tmp_path / "capped"  # the default: SGM capped at 1% of all units
+    capped = tmp_path / "capped"  # the default: SGM capped at DEFAULT_TOP_FRACTION of all units
     assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(capped), "--auroc-from", str(out)]) == 0
     c = load_experts(capped)
-    assert c.spec.method == "sgm" and c.spec.top_k == max(1, round(0.01 * n_units))
+    assert c.spec.method == "sgm" and c.spec.top_k == max(1, round(DEFAULT_TOP_FRACTION * n_units))
     assert 0 < c.counts()["totals"]["suppressed"] <= c.spec.top_k
     assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(tmp_path / "x"), "--top-fraction", "1.5",
                              "--auroc-from", str(out)]) == 2
