@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -246,6 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--store-dtype", default="float32", choices=("float32", "float16"),
                    help="on-disk activation store (float16 halves the disk, rounds activations)")
+    s.add_argument("--null-permutations", type=int, default=0, metavar="K",
+                   help="also score K shuffled labellings (a permutation null) and record how high AUROCs go "
+                        "without signal, in the manifest (each costs one more AUROC pass)")
     s.add_argument("--work-dir", help="where the activation store goes (default: system temp)")
     return p
 
@@ -353,6 +357,8 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
     """Collect activations on the calibration set, score every unit, and build the experts."""
     from calib.activations import collect, store_path_in
 
+    if args.null_permutations < 0:
+        raise UserError(f"--null-permutations must be >= 0, got {args.null_permutations}")
     samples, calibration = _calibration(args, model)
     n_toxic = sum(s.label for s in samples)
     if n_toxic == 0 or n_toxic == len(samples):
@@ -366,15 +372,28 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+    null = None
     try:
         flat = store.auroc(progress=True)
         by_key = store.split(flat)
         n_toxic_used = int(store.labels.sum())
+        if args.null_permutations:
+            print(f"permutation null: {args.null_permutations} AUROC passes with shuffled labels", file=sys.stderr)
+            null = store.permutation_null(args.null_permutations, seed=args.seed,
+                                          top_fraction=args.top_fraction or DEFAULT_TOP_FRACTION)
     finally:
         store.delete()
     summary.update({"n_toxic_used": n_toxic_used, "n_nontoxic_used": summary["n_used"] - n_toxic_used,
                     "auroc_median": float(np.median(flat)), "auroc_max": float(flat.max()),
                     "units_auroc_above_0.5": int((flat > 0.5).sum())})
+    if null is not None:
+        k = max(1, int(round(null["top_fraction"] * flat.size)))
+        null["real"] = {"max": float(flat.max()), "top_threshold": float(np.partition(flat, -k)[-k]),
+                        "above_0.6": int((flat > 0.6).sum()), "above_0.7": int((flat > 0.7).sum())}
+        summary["permutation_null"] = null
+        print("real labels vs shuffled (max over permutations): " + ", ".join(
+            f"{key} {null['real'][key]:g} vs {max(null[key]):g}" for key in ("max", "top_threshold", "above_0.6",
+                                                                            "above_0.7")), file=sys.stderr)
     return build_experts(model_units(model), by_key, spec, model_info(model), calibration, summary)
 
 

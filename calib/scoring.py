@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -158,10 +158,12 @@ class ActivationStore:
         for start in range(0, self.n_units, step):
             yield start, min(start + step, self.n_units)
 
-    def auroc(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: bool = False) -> np.ndarray:
-        """AUROC of every unit, float64 [n_units], computed chunk by chunk from disk."""
+    def auroc(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: bool = False,
+              labels: Sequence[bool] | np.ndarray | None = None) -> np.ndarray:
+        """AUROC of every unit, float64 [n_units], computed chunk by chunk from disk (against `labels` when
+        given, e.g. permuted ones for a null distribution; the stored labels otherwise)."""
         self._flush()
-        y = _labels(self._labels, self.n_samples)
+        y = _labels(self._labels if labels is None else labels, self.n_samples)
         out = np.empty(self.n_units, dtype=np.float64)
         ranges = list(self.chunks(chunk_bytes))
         if progress:
@@ -169,6 +171,28 @@ class ActivationStore:
             ranges = tqdm(ranges, desc="AUROC", unit="chunk")
         for start, stop in ranges:
             out[start:stop] = auroc(self.columns(start, stop), y)
+        return out
+
+    def permutation_null(self, permutations: int, seed: int = 0, top_fraction: float = 0.01,
+                         chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, Any]:
+        """How high AUROCs go when labels carry no information: the stored labels shuffled `permutations` times.
+
+        Units share samples, so their AUROCs are correlated and an independent-units null is too narrow; this
+        keeps the correlation. Returns, per permutation, the max AUROC, the AUROC at the top `top_fraction`
+        of units, and the number of units above 0.6 / 0.7 (to set against the same figures of the real labels).
+        """
+        if permutations < 1:
+            raise UserError(f"permutations must be >= 1, got {permutations}")
+        rng = np.random.default_rng(seed)
+        k = max(1, int(round(top_fraction * self.n_units)))
+        out: dict[str, Any] = {"permutations": permutations, "seed": seed, "top_fraction": top_fraction,
+                               "max": [], "top_threshold": [], "above_0.6": [], "above_0.7": []}
+        for _ in range(permutations):
+            flat = self.auroc(chunk_bytes, labels=rng.permutation(self.labels))
+            out["max"].append(float(flat.max()))
+            out["top_threshold"].append(float(np.partition(flat, -k)[-k]))
+            out["above_0.6"].append(int((flat > 0.6).sum()))
+            out["above_0.7"].append(int((flat > 0.7).sum()))
         return out
 
     def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:

@@ -89,3 +89,22 @@ def test_store_refuses_bad_rows(tmp_path) -> None:
     with pytest.raises(UserError, match="GiB"):
         ActivationStore(tmp_path / "c.bin", [("k", 1 << 30)], expected_samples=1 << 20)
     store.close()
+
+
+def test_permutation_null_keeps_noise_units_below_a_real_expert(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    labels = np.arange(120) < 30
+    rows = rng.normal(size=(120, 400)).astype(np.float32)
+    rows[:, 7] += 1.5 * labels  # one real expert among noise units
+    with ActivationStore(tmp_path / "acts.bin", [("k", 400)]) as store:
+        store.append(rows, labels)
+        real = store.auroc()
+        null = store.permutation_null(5, seed=1, top_fraction=0.01)
+        assert null == store.permutation_null(5, seed=1, top_fraction=0.01)  # seeded
+        assert store.labels.tolist() == labels.tolist()  # the stored labels are untouched
+    assert len(null["max"]) == len(null["top_threshold"]) == 5 and null["top_fraction"] == 0.01
+    assert real[7] > 0.8 and max(null["max"]) < real[7]
+    assert all(0.5 < t <= m < 0.8 for t, m in zip(null["top_threshold"], null["max"]))
+    assert all(n >= 0 for n in null["above_0.7"])
+    with pytest.raises(UserError, match="permutations must be >= 1"):
+        ActivationStore(tmp_path / "b.bin", [("k", 1)]).permutation_null(0)
