@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from calib.experts import Experts, load_experts  # noqa: E402
 from calib.factors import FactorSpec, factor_spec, top_k_for  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
-from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS, check_conditions  # noqa: E402
+from runtime.mmtoxicqa.items import TOXIC_CONDITIONS  # noqa: E402
 from runtime.stats import wilson_interval  # noqa: E402
 
 KEYS = {"s": "strength", "strength": "strength", "t": "threshold", "threshold": "threshold", "top_k": "top_k",
@@ -106,8 +106,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         vis = f"{r['visual'][0]}/{r['visual'][1]}" if r["visual"] else "-"
         rate = (f"{100 * r['harmful_rate']:.1f}% [{100 * r['harmful_ci95'][0]:.1f}, {100 * r['harmful_ci95'][1]:.1f}]"
                 if r["harmful_rate"] is not None else "-")
+        tox = f"{r['mean_toxicity']:.3f}" if r["mean_toxicity"] is not None else "-"
         cells = ([r["variant"], units] + [f"{h}/{n}" for h, n in (r["harmful"][c] for c in conds)]
-                 + [rate, cut, f"{r['mean_toxicity']:.3f}" if r["mean_toxicity"] is not None else "-", f"{ppl:.2f}" if ppl else "-", dppl, vis,
+                 + [rate, cut, tox, f"{ppl:.2f}" if ppl else "-", dppl, vis,
                     f"{100 * r['degenerate_rate']:.1f}%" if r["degenerate_rate"] is not None else "-"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -199,9 +200,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from calib.models import load_generator
     from runtime.judges import load_judge
     from runtime.mmtoxicqa import corpus
-    from runtime.mmtoxicqa.__main__ import condition_limits, limit_items
+    from runtime.mmtoxicqa.__main__ import condition_limits, dataset_record, limit_items, parse_conditions
     from runtime.mmtoxicqa.builder import cached_dataset
-    from runtime.mmtoxicqa.dataset import dataset_info, load_dataset
+    from runtime.mmtoxicqa.dataset import load_dataset
     from runtime.mmtoxicqa.runner import RunSettings, run_benchmark
 
     if args.threads:
@@ -223,10 +224,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     root = args.dataset or cached_dataset()
     per_condition = condition_limits(args.condition_limit)
-    conditions = CONDITIONS if not args.conditions else check_conditions(
-        [c for c in args.conditions.split(",") if c])
-    items = [it for it in limit_items(load_dataset(root, split=args.split), args.limit, per_condition)
-             if it.condition in conditions]
+    conditions = parse_conditions([args.conditions] if args.conditions else None)
+    items = limit_items(load_dataset(root, split=args.split, conditions=conditions), args.limit, per_condition)
     ppl_path = corpus.default_corpus()
     if ppl_path is None:
         raise UserError(f"no WikiText-2 corpus found for self-perplexity; set ${corpus.CORPUS_ENV}")
@@ -235,8 +234,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     settings = RunSettings(max_new_tokens=args.max_new_tokens, samples=args.samples, batch_size=args.batch_size,
                            seed=args.seed)
     judge = load_judge()
-    info = {**dataset_info(root), "split": args.split, "conditions": list(conditions),
-            "limit": args.limit, **({"condition_limits": per_condition} if per_condition else {})}
+    info = dataset_record(root, args.split, conditions, args.limit, per_condition)
     rows = []
     for text, source, spec in variants:
         if spec is None:
@@ -271,7 +269,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     from runtime import cli
 
-    return cli.run(lambda a: None if run(_parser().parse_args(a)) else None, argv)
+    def _main(a: Sequence[str] | None) -> None:
+        run(_parser().parse_args(a))
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

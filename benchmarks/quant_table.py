@@ -31,8 +31,8 @@ from runtime.bundle import load_bundle  # noqa: E402
 from runtime.generate import BundleGenerator  # noqa: E402
 from runtime.mmtoxicqa import corpus  # noqa: E402
 from runtime.mmtoxicqa.builder import cached_dataset  # noqa: E402
-from runtime.mmtoxicqa.dataset import dataset_info, load_dataset  # noqa: E402
-from runtime.mmtoxicqa.__main__ import condition_limits, limit_items  # noqa: E402
+from runtime.mmtoxicqa.dataset import load_dataset  # noqa: E402
+from runtime.mmtoxicqa.__main__ import condition_limits, dataset_record, limit_items  # noqa: E402
 from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS  # noqa: E402
 from runtime.mmtoxicqa.runner import REPORT_FILE, RunSettings, run_benchmark  # noqa: E402
 from runtime.protocol import GenerationConfig, GenerationRequest  # noqa: E402
@@ -80,8 +80,7 @@ def evaluate(name: str, path: Path, out: Path, limit: int | None, per_condition:
     ppl_path = corpus.default_corpus()
     ppl_texts = corpus.load_corpus(ppl_path) if ppl_path is not None else None
     gen = BundleGenerator.open(path, threads=threads)
-    info = {**dataset_info(root), "split": "evaluation", "conditions": list(CONDITIONS), "limit": limit,
-            **({"condition_limits": per_condition} if per_condition else {})}
+    info = dataset_record(root, "evaluation", CONDITIONS, limit, per_condition)
     return run_benchmark(gen, load_judge(), items, run_dir, RunSettings(batch_size=batch_size), ppl_texts=ppl_texts,
                          ppl_info=corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None,
                          dataset=info, progress=False)

@@ -325,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from calib.factors import factor_spec, top_k_for
 
         top_k_for(args.top_fraction, 1)  # a bad fraction is refused before anything loads
+        if args.null_permutations < 0:
+            raise UserError(f"--null-permutations must be >= 0, got {args.null_permutations}")
         capped = args.top_k is None and args.method != "aura" and args.top_fraction > 0
 
         def spec_with(top_k: int | None) -> FactorSpec:
@@ -357,8 +359,6 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
     """Collect activations on the calibration set, score every unit, and build the experts."""
     from calib.activations import collect, store_path_in
 
-    if args.null_permutations < 0:
-        raise UserError(f"--null-permutations must be >= 0, got {args.null_permutations}")
     samples, calibration = _calibration(args, model)
     n_toxic = sum(s.label for s in samples)
     if n_toxic == 0 or n_toxic == len(samples):
@@ -387,9 +387,9 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
                     "auroc_median": float(np.median(flat)), "auroc_max": float(flat.max()),
                     "units_auroc_above_0.5": int((flat > 0.5).sum())})
     if null is not None:
-        k = max(1, int(round(null["top_fraction"] * flat.size)))
-        null["real"] = {"max": float(flat.max()), "top_threshold": float(np.partition(flat, -k)[-k]),
-                        "above_0.6": int((flat > 0.6).sum()), "above_0.7": int((flat > 0.7).sum())}
+        from calib.scoring import tail_stats
+
+        null["real"] = tail_stats(flat, null["top_fraction"])
         summary["permutation_null"] = null
         print("real labels vs shuffled (max over permutations): " + ", ".join(
             f"{key} {null['real'][key]:g} vs {max(null[key]):g}" for key in ("max", "top_threshold", "above_0.6",

@@ -74,10 +74,18 @@ def condition_limits(values: Sequence[str] | None) -> dict[str, int]:
     return out
 
 
-def _conditions(values: list[str] | None) -> tuple[str, ...]:
+def parse_conditions(values: Sequence[str] | None) -> tuple[str, ...]:
+    """`--conditions` values (space or comma separated) as checked condition names; all when none are given."""
     if not values:
         return CONDITIONS
     return check_conditions([c for v in values for c in v.split(",") if c])
+
+
+def dataset_record(root: Path, split: str, conditions: Sequence[str], limit: int | None,
+                   per_condition: Mapping[str, int] | None) -> dict[str, Any]:
+    """What a run answered, as its report records it (runtime.check compares these fields between runs)."""
+    return {**dataset_info(root), "split": split, "conditions": list(conditions), "limit": limit,
+            **({"condition_limits": dict(per_condition)} if per_condition else {})}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,7 +142,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, samples=args.samples,
                            batch_size=args.batch_size)
     settings.check()
-    conditions = _conditions(args.conditions)
+    conditions = parse_conditions(args.conditions)
     root = args.dataset if args.dataset is not None else cached_dataset()
     per_condition = condition_limits(args.condition_limit)
     items = limit_items(load_dataset(root, split=args.split, conditions=conditions), args.limit, per_condition)
@@ -144,8 +152,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     judge = load_judge(args.judge)
     generator = load_bundle(args.bundle) if args.bundle is not None else load_model(args.model)
     reference = load_model(args.reference_model) if args.reference_model else None
-    info = {**dataset_info(root), "split": args.split, "conditions": list(conditions), "limit": args.limit,
-            **({"condition_limits": per_condition} if per_condition else {})}
+    info = dataset_record(root, args.split, conditions, args.limit, per_condition)
     report = run_benchmark(generator, judge, items, args.out, settings, ppl_texts=ppl_texts, ppl_info=ppl_info,
                            reference=reference, dataset=info, progress=not args.no_progress)
     hr = report["harmful_rate"]

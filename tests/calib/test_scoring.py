@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calib.scoring import ActivationStore, auroc
+from calib.scoring import ActivationStore, auroc, tail_stats
 from runtime.errors import UserError
 
 
@@ -104,6 +104,8 @@ def test_permutation_null_keeps_noise_units_below_a_real_expert(tmp_path) -> Non
         assert store.labels.tolist() == labels.tolist()  # the stored labels are untouched
     assert len(null["max"]) == len(null["top_threshold"]) == 5 and null["top_fraction"] == 0.01
     assert real[7] > 0.8 and max(null["max"]) < real[7]
+    real_tail = tail_stats(real, 0.01)
+    assert real_tail["max"] == real.max() and real_tail["top_threshold"] == np.sort(real)[-4]  # top 4 of 400
     assert all(0.5 < t <= m < 0.8 for t, m in zip(null["top_threshold"], null["max"]))
     assert all(n >= 0 for n in null["above_0.7"])
     with pytest.raises(UserError, match="permutations must be >= 1"):
