@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from calib.align import data, evaluate, features, packing
     from calib.align.forward import FrozenLM
     from calib.align.train import TrainConfig, train_projector
-    from calib.models import efficientnet, load_model, smol_llava
+    from calib.models import efficientnet, load_model, smol_llava, smol_llava_dir
     from runtime.artifacts import atomic_dir, write_manifest
     from runtime.errors import UserError
 
@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = TrainConfig(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          warmup_fraction=args.warmup)
     t0 = time.perf_counter()
-    model = load_model("smol-llava")
+    # Start from the seeded-random projector: the shipped one may be of an older feature format.
+    model = load_model(str(smol_llava_dir(shipped=False)))
     samples = data.training_samples(args.scenes, args.photo_views, args.seed)
-    feats = features.cached_encode(model.module.vision_tower, [s.image for s in samples], efficientnet.CACHE_KEY,
+    feats = features.cached_encode(model.module.vision_tower, [s.image for s in samples], efficientnet.FEATURES_ID,
                                    args.feature_cache, progress=progress)
     t_features = time.perf_counter() - t0
     layout, encoded = packing.encode_samples(model, samples)

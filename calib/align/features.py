@@ -1,4 +1,4 @@
-"""Vision features computed once: the tower is frozen, so each image's [49, 1280] map never changes.
+"""Vision features computed once: the tower is frozen, so each image's [49, FEATURE_DIM] map never changes.
 
 Features are kept as fp16 (about 125 KB an image) and, with a cache directory, stored as safetensors under
 a key made of the tower's weights file hash and every image's pixels, so a later run with the same images
@@ -31,7 +31,7 @@ def fingerprint(images: Sequence[Image.Image], tower_id: str) -> str:
 @torch.inference_mode()
 def encode(tower: torch.nn.Module, images: Sequence[Image.Image], batch_size: int = 32,
            progress: bool = True) -> torch.Tensor:
-    """Frozen-tower features [n, 49, 1280] in fp16 for `images` (preprocessed as the model does)."""
+    """Frozen-tower features [n, 49, FEATURE_DIM] in fp16 for `images` (preprocessed as the model does)."""
     tower.eval()
     out = torch.empty((len(images), efficientnet.GRID * efficientnet.GRID, efficientnet.FEATURE_DIM),
                       dtype=torch.float16)

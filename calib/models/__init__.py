@@ -17,7 +17,7 @@ from runtime.artifacts import read_manifest, sha256_file
 from runtime.errors import UserError
 
 NAMES = ("smol-llava", "llava", "tiny-random-llava")
-SMOL_LLAVA_KEY = "smol-llava-v2"
+SMOL_LLAVA_KEY = "smol-llava-v3"
 # The trained projector shipped with the package (python -m calib.align writes it), with its manifest.
 SHIPPED_PROJECTOR = Path(__file__).resolve().parent / "assets" / "smol_llava_projector.safetensors"
 
@@ -33,14 +33,15 @@ def shipped_projector() -> Path | None:
     return SHIPPED_PROJECTOR
 
 
-def smol_llava_dir() -> Path:
+def smol_llava_dir(shipped: bool = True) -> Path:
     """The embedded default's directory in the asset cache (built on first use), with the shipped projector.
 
     The cache key carries the projector's hash, so a new projector never reuses a directory built with another.
+    `shipped=False` gives the seeded-random projector instead (what projector training starts from).
     """
     from calib.models import smol_llava
 
-    projector = shipped_projector()
+    projector = shipped_projector() if shipped else None
     key = f"{SMOL_LLAVA_KEY}-{sha256_file(projector)[:12]}" if projector else f"{SMOL_LLAVA_KEY}-seeded-random"
     return assets.derived(key, lambda out: smol_llava.build(out, projector=projector), kind="model:smol-llava")
 

