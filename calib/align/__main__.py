@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-scenes", type=int, default=50, help="held-out test scenes (3 questions each)")
     p.add_argument("--novel-scenes", type=int, default=0, help="also evaluate on this many `novel`-split scenes")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 can be faster on a busy machine)")
+    p.add_argument("--no-standardise", dest="standardise", action="store_false",
+                   help="train on the raw features (default: per-channel standardised, folded into the first Linear)")
     p.add_argument("--feature-cache", type=Path, help="directory to keep vision features between runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from calib.align import data, evaluate, features, packing
     from calib.align.forward import FrozenLM
-    from calib.align.train import TrainConfig, train_projector
+    from calib.align.train import STD_FLOOR, Standardiser, TrainConfig, train_projector
     from calib.models import efficientnet, load_model, smol_llava, smol_llava_dir
     from runtime.artifacts import atomic_dir, write_manifest
     from runtime.errors import UserError
@@ -82,7 +84,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     hidden = model.config["projector_config"]["hidden_size"]
     projector = smol_llava.seed_projector(smol_llava.build_projector(hidden, model.config["text_config"]["hidden_size"]),
                                           args.seed)
-    result = train_projector(projector, lm, layout, encoded, feats, model.pad_token_id, config, progress)
+    standardiser = Standardiser.fit(feats) if args.standardise else None
+    result = train_projector(projector, lm, layout, encoded, feats, model.pad_token_id, config, progress,
+                             standardiser=standardiser)
     shipped = {k: v.to(torch.float16).contiguous() for k, v in result.state.items()}
     print(f"trained in {result.seconds / 60:.1f} min: loss {result.losses[0]:.3f} -> "
           f"{sum(result.losses[-10:]) / len(result.losses[-10:]):.3f} (mean of the last 10 steps)", flush=True)
@@ -118,6 +122,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "short_answer_suffix": data.SHORT_SUFFIX.strip()},
         "training": {**config.to_dict(), "steps": len(result.losses), "optimizer": "AdamW, linear warm-up, cosine",
                      "loss": "cross-entropy on answer tokens (+ <|im_end|>), each chat weighted equally",
+                     "input_standardisation": ({"std_floor": STD_FLOOR, "fitted_on": "every training patch",
+                                                "folded_into": ["0.weight", "0.bias"]} if args.standardise else None),
                      "threads": args.threads, "torch": torch.__version__, "machine": platform.machine()},
         "losses": [round(x, 4) for x in result.losses],
         "metrics": {"accuracy": metrics, "photo_descriptions": photos,

@@ -63,10 +63,48 @@ def batches(n: int, config: TrainConfig) -> list[list[int]]:
     return out
 
 
+STD_FLOOR = 0.05  # channels that barely vary are scaled by at most 1 / STD_FLOOR
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """Per-channel mean and spread of the training features: the projector trains on (x - mean) / std, so every
+    channel starts on an equal footing (the head map's channels range over 300x in spread, the colour-bearing
+    stage-4 ones sit in the middle), and `fold` moves the affine map into the first Linear afterwards."""
+
+    mean: torch.Tensor  # [FEATURE_DIM]
+    std: torch.Tensor  # [FEATURE_DIM], >= STD_FLOOR
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, chunk: int = 256) -> "Standardiser":
+        """Mean and standard deviation over every patch of `features` [n, patches, dim] (float64 sums)."""
+        total = torch.zeros(features.shape[-1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        count = 0
+        for start in range(0, features.shape[0], chunk):
+            x = features[start:start + chunk].reshape(-1, features.shape[-1]).double()
+            total += x.sum(0)
+            squares += (x * x).sum(0)
+            count += x.shape[0]
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(0).sqrt()
+        return cls(mean.float(), std.float().clamp_min(STD_FLOOR))
+
+    def apply(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.float() - self.mean) / self.std
+
+    def fold(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state of a projector on raw features that computes what `state` computes on standardised ones."""
+        weight = state["0.weight"] / self.std
+        return {**state, "0.weight": weight, "0.bias": state["0.bias"] - weight @ self.mean}
+
+
 def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples: Sequence[EncodedSample],
                     features: torch.Tensor, pad_id: int, config: TrainConfig, progress: bool = True,
-                    on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train `projector` (in place) on `samples`, whose image features are rows of `features`."""
+                    on_step: Callable[[int, float], None] | None = None,
+                    standardiser: Standardiser | None = None) -> TrainResult:
+    """Train `projector` (in place) on `samples`, whose image features are rows of `features` (standardised by
+    `standardiser` when given; the returned state is then folded back to raw features)."""
     if not samples:
         raise UserError("no training samples")
     if features.shape[0] <= max(s.feature_index for s in samples):
@@ -81,7 +119,8 @@ def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples:
     bar = tqdm(plan, desc="projector", unit="step", disable=not progress)
     for step, idx in enumerate(bar):
         batch = pack(layout, [samples[i] for i in idx], pad_id)
-        embeds = projector(features[batch.feature_index].float())
+        x = features[batch.feature_index].float()
+        embeds = projector(standardiser.apply(x) if standardiser is not None else x)
         loss = lm.loss(embeds, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -94,4 +133,6 @@ def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples:
             on_step(step, losses[-1])
     projector.eval()
     state = {k: v.detach().clone() for k, v in projector.state_dict().items()}
+    if standardiser is not None:
+        state = standardiser.fold(state)
     return TrainResult(state, losses, time.perf_counter() - start)

@@ -29,9 +29,9 @@ REBUILD = ("rebuild it: `--model smol-llava` builds the embedded default into th
            "python -m compile.build rewrites a detoxified directory")
 
 
-def build_projector(hidden_size: int, text_hidden_size: int) -> nn.Sequential:
+def build_projector(hidden_size: int, text_hidden_size: int, in_features: int = efficientnet.FEATURE_DIM) -> nn.Sequential:
     """LLaVA's two-layer MLP from the vision features to the language model's embeddings (random weights)."""
-    return nn.Sequential(nn.Linear(efficientnet.FEATURE_DIM, hidden_size), nn.GELU(),
+    return nn.Sequential(nn.Linear(in_features, hidden_size), nn.GELU(),
                          nn.Linear(hidden_size, text_hidden_size))
 
 

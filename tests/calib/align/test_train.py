@@ -17,11 +17,16 @@ def _loss(projector, lm, layout, encoded, feats, pad_id) -> float:
 
 
 def test_a_few_steps_make_the_loss_fall(smol_llava, few):
+    """The default recipe (standardised inputs); the returned state, folded, is a projector on raw features."""
+    from calib.align.train import Standardiser
+
     _, layout, encoded, feats, lm = few
     projector = seed_projector(build_projector(576, 576), seed=0)
     before = _loss(projector, lm, layout, encoded, feats, smol_llava.pad_token_id)
     config = TrainConfig(seed=0, epochs=4, batch_size=3, lr=3e-3, warmup_fraction=0.0)
-    result = train_projector(projector, lm, layout, encoded, feats, smol_llava.pad_token_id, config, progress=False)
+    result = train_projector(projector, lm, layout, encoded, feats, smol_llava.pad_token_id, config, progress=False,
+                             standardiser=Standardiser.fit(feats))
+    projector.load_state_dict(result.state)
     after = _loss(projector, lm, layout, encoded, feats, smol_llava.pad_token_id)
     assert len(result.losses) == 4
     assert result.losses[-1] < result.losses[0]
@@ -47,3 +52,22 @@ def test_schedule_and_batches():
     assert plan == batches(10, TrainConfig(seed=1, epochs=2, batch_size=4))
     with pytest.raises(UserError, match="batch size"):
         TrainConfig(batch_size=0)
+
+
+def test_standardiser_folds_exactly_into_the_first_linear():
+    """A projector trained on standardised features, folded, gives the same embeddings on raw features."""
+    from calib.align.train import STD_FLOOR, Standardiser
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(6, 49, 40, generator=g) * torch.logspace(-3, 1, 40) + torch.linspace(-2, 2, 40)
+    std = Standardiser.fit(feats.half(), chunk=4)
+    flat = feats.half().float().reshape(-1, 40)
+    torch.testing.assert_close(std.mean, flat.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(std.std, flat.std(0, unbiased=False).clamp_min(STD_FLOOR), rtol=1e-4, atol=1e-6)
+    assert (std.std >= STD_FLOOR).all() and (std.std == STD_FLOOR).sum() >= 5
+    projector = seed_projector(build_projector(16, 8, in_features=40), seed=3)
+    raw = seed_projector(build_projector(16, 8, in_features=40), seed=4)
+    raw.load_state_dict(std.fold(projector.state_dict()))
+    x = feats[:2]
+    torch.testing.assert_close(raw(x), projector(std.apply(x)), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(raw(x), projector(x), atol=1e-2)
