@@ -67,7 +67,8 @@ def object_patches(split: str, n: int) -> tuple[dict[str, torch.Tensor], torch.T
             maps["projector input: head + block 7"] = feats
             for j, s in enumerate(chunk):
                 for o in s.objects:
-                    patch = min(6, int(o.y / cell)) * efficientnet.GRID + min(6, int(o.x / cell))
+                    last = efficientnet.GRID - 1
+                    patch = min(last, int(o.y / cell)) * efficientnet.GRID + min(last, int(o.x / cell))
                     for name, m in maps.items():
                         vectors.setdefault(name, []).append(m[j, patch])
                     labels.append((colours.index(o.colour), shapes.index(o.shape)))
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test-scenes", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if min(args.train_scenes, args.test_scenes, args.threads) < 1:
+        p.error("--train-scenes, --test-scenes and --threads must be >= 1")
     from runtime import scenes
 
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--photo-views", type=int, default=8, help="views (original + crops/flips) of each photo")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=4, help="images per step (each with all its chats)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3 measured better than 1e-3 in 30 min)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3 ended at a lower loss than 1e-3 in the same steps: docs/projector.md)")
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps")
     p.add_argument("--eval-scenes", type=int, default=50, help="held-out test scenes (3 questions each)")
     p.add_argument("--novel-scenes", type=int, default=0, help="also evaluate on this many `novel`-split scenes")

@@ -6,7 +6,7 @@ TF-Lite convention): on scikit-image's photos this gave more confident, equally 
 ImageNet mean/std (chelsea: Egyptian cat 0.38 vs 0.35; coffee: espresso 0.94 vs 0.82).
 
 The features are two maps per 7 x 7 patch, concatenated: the head's 1280 channels (semantic, shape) and the
-80 channels at the end of stage 4 (block 7, stride 16, 2 x 2 average-pooled to 7 x 7). The head has lost most
+80 channels at the end of stage 4 (block 7, stride 16, 2 x 2 average-pooled to 7 x 7). The head has lost much
 of the hue: a linear probe on the patch under an object reads its colour 85.8% of the time from the head map
 and 100% from the stage-4 map (800 train / 200 test scenes, 571 test objects; see docs/projector.md).
 The stage-4 map is scaled by 1/8 so both parts have about the same per-channel spread (0.39 vs 2.9 unscaled).
