@@ -221,19 +221,32 @@ def scene(index: int) -> Scene:
                  caption=_caption(groups, background), qa=_qa(groups), objects=objects, background=background)
 
 
-def scene_indices(split: str, n: int, seed: int = 0) -> list[int]:
-    """The first `n` indices of `split`, walking up from `seed * 10_000_000` (different seeds, different scenes)."""
+def num_groups(index: int) -> int:
+    """How many (colour, shape) groups scene `index` has: 1, or 2 when a question must bind colour to shape."""
+    return len(_spec(index)[0])
+
+
+def iter_indices(split: str, seed: int = 0) -> Iterator[int]:
+    """Every index of `split` in order, walking up from `seed * 10_000_000` (different seeds, different scenes)."""
     if split not in SPLITS:
         raise ValueError(f"unknown scene split {split!r}; choose one of {', '.join(SPLITS)}")
-    if n < 0 or seed < 0:
-        raise ValueError("n and seed must be >= 0")
-    found: list[int] = []
+    if seed < 0:
+        raise ValueError("seed must be >= 0")
     index = seed * 10_000_000
-    while len(found) < n:
+    while True:
         if split_of(index) == split:
-            found.append(index)
+            yield index
         index += 1
-    return found
+
+
+def scene_indices(split: str, n: int, seed: int = 0) -> list[int]:
+    """The first `n` indices of `split` (see `iter_indices`)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown scene split {split!r}; choose one of {', '.join(SPLITS)}")
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    walk = iter_indices(split, seed)
+    return [next(walk) for _ in range(n)]
 
 
 def scenes(split: str, n: int, seed: int = 0) -> Iterator[Scene]:

@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and shuffling seed")
     p.add_argument("--scenes", type=int, default=1000, help="training scenes (runtime.scenes train split)")
+    p.add_argument("--multi-group-fraction", type=float, default=0.5,
+                   help="share of training scenes with two groups, whose questions bind colour to shape "
+                        "(the split's own share is about a third)")
+    p.add_argument("--one-question-per-kind", dest="every_binding", action="store_false",
+                   help="ask one random question of each kind per scene (default: a two-group scene gets every "
+                        "colour and shape question)")
     p.add_argument("--photo-views", type=int, default=8, help="views (original + crops/flips) of each photo")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=4, help="images per step (each with all its chats)")
@@ -75,7 +81,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     # Start from the seeded-random projector: the shipped one may be of an older feature format.
     model = load_model(str(smol_llava_dir(shipped=False)))
-    samples = data.training_samples(args.scenes, args.photo_views, args.seed)
+    samples = data.training_samples(args.scenes, args.photo_views, args.seed, args.multi_group_fraction,
+                                    args.every_binding)
     feats = features.cached_encode(model.module.vision_tower, [s.image for s in samples], efficientnet.FEATURES_ID,
                                    args.feature_cache, progress=progress)
     t_features = time.perf_counter() - t0
@@ -118,7 +125,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "photos": [p.name for p in data.PHOTOS], "photo_views": args.photo_views,
                  "heldout_photos": [p.name for p in data.HELDOUT_PHOTOS], "eval_split": "test",
                  "eval_scenes": args.eval_scenes, "novel_scenes": args.novel_scenes,
-                 "turns_per_scene": "caption + one colour, shape and count question",
+                 "multi_group_fraction": args.multi_group_fraction,
+                 "turns_per_scene": ("caption + one count question + every colour and shape question (one of each "
+                                     "on one-group scenes)" if args.every_binding
+                                     else "caption + one colour, shape and count question"),
                  "short_answer_suffix": data.SHORT_SUFFIX.strip()},
         "training": {**config.to_dict(), "steps": len(result.losses), "optimizer": "AdamW, linear warm-up, cosine",
                      "loss": "cross-entropy on answer tokens (+ <|im_end|>), each chat weighted equally",

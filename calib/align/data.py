@@ -121,29 +121,60 @@ def photo_samples(views: int, seed: int) -> list[Sample]:
     return out
 
 
-def scene_turns(scene: scenes.Scene, rng: np.random.Generator) -> tuple[Turn, ...]:
-    """A caption request and one random question of each kind; half of them carry the benchmark's suffix.
+def scene_turns(scene: scenes.Scene, rng: np.random.Generator, every_binding: bool = True) -> tuple[Turn, ...]:
+    """A caption request and questions of each kind; half of them carry the benchmark's suffix.
 
-    One question per kind (not all of a scene's) spends the training budget on more images instead.
+    One random question per kind spends the training budget on more images. With `every_binding`, a scene of
+    two groups gets every colour and every shape question instead: those must bind a colour to a shape (which
+    object is which), the skill the one-question recipe left at chance (docs/projector.md).
     """
     caption_q = CAPTION_QUESTIONS[int(rng.integers(len(CAPTION_QUESTIONS)))]
     turns = [Turn(caption_q, scene.caption, "caption")]
     for kind in QA_KINDS:
         options = [qa for qa in scene.qa if qa.kind == kind]
-        qa = options[int(rng.integers(len(options)))]
-        suffix = SHORT_SUFFIX if rng.random() < 0.5 else ""
-        turns.append(Turn(qa.question + suffix, qa.answer, qa.kind))
+        if not (every_binding and kind != "count" and len(options) > 1):
+            options = [options[int(rng.integers(len(options)))]]
+        for qa in options:
+            suffix = SHORT_SUFFIX if rng.random() < 0.5 else ""
+            turns.append(Turn(qa.question + suffix, qa.answer, qa.kind))
     return tuple(turns)
 
 
-def scene_samples(n: int, seed: int, split: str = "train") -> list[Sample]:
-    """`n` scenes of `split` (runtime.scenes), each with its caption and question turns."""
+def _mixed_indices(n: int, seed: int, split: str, multi_fraction: float) -> list[int]:
+    """The first scenes of `split` in index order such that round(n * multi_fraction) of them have two groups."""
+    want = {True: round(n * multi_fraction)}
+    want[False] = n - want[True]
+    out: list[int] = []
+    for index in scenes.iter_indices(split, seed):
+        if len(out) == n:
+            return out
+        multi = scenes.num_groups(index) > 1
+        if want[multi] > 0:
+            want[multi] -= 1
+            out.append(index)
+    raise AssertionError("unreachable: the walk is endless")
+
+
+def scene_samples(n: int, seed: int, split: str = "train", multi_fraction: float | None = None,
+                  every_binding: bool = True) -> list[Sample]:
+    """`n` scenes of `split` (runtime.scenes), each with its caption and question turns (`scene_turns`).
+
+    `multi_fraction` sets the share of two-group scenes (None: the split's own, about a third).
+    """
     if n < 0:
         raise UserError(f"the number of scenes must be >= 0, got {n}")
+    if multi_fraction is not None and not 0 <= multi_fraction <= 1:
+        raise UserError(f"the share of two-group scenes must be in [0, 1], got {multi_fraction}")
     rng = np.random.default_rng([_STREAM, seed, 0])
-    return [Sample(f"scene:{s.index}", s.image, scene_turns(s, rng)) for s in scenes.scenes(split, n, seed=seed)]
+    indices = (scenes.scene_indices(split, n, seed) if multi_fraction is None
+               else _mixed_indices(n, seed, split, multi_fraction))
+    return [Sample(f"scene:{s.index}", s.image, scene_turns(s, rng, every_binding))
+            for s in map(scenes.scene, indices)]
 
 
-def training_samples(n_scenes: int, photo_views: int, seed: int) -> list[Sample]:
-    """The training set: `n_scenes` train-split scenes and `photo_views` views of each training photo."""
-    return scene_samples(n_scenes, seed, "train") + photo_samples(photo_views, seed)
+def training_samples(n_scenes: int, photo_views: int, seed: int, multi_fraction: float | None = None,
+                     every_binding: bool = True) -> list[Sample]:
+    """The training set: `n_scenes` train-split scenes (see `scene_samples`) and `photo_views` views of each
+    training photo."""
+    return (scene_samples(n_scenes, seed, "train", multi_fraction, every_binding)
+            + photo_samples(photo_views, seed))

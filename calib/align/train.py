@@ -26,6 +26,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -53,13 +54,32 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def batches(n: int, config: TrainConfig) -> list[list[int]]:
-    """Sample indices per step: a seeded permutation per epoch, cut into batches (the last may be short)."""
+LENGTH_WINDOW = 16  # batches whose samples are sorted by length together
+
+
+def batches(n: int, config: TrainConfig, lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Sample indices per step: a seeded permutation per epoch, cut into batches (the last may be short).
+
+    With `lengths` and `config.group_by_length`, each run of LENGTH_WINDOW batches of the permutation is sorted
+    by length before it is cut and the batches are then shuffled, so a batch's rows pad to similar lengths
+    (less compute spent on padding) while the order stays random.
+    """
     g = torch.Generator().manual_seed(config.seed)
+    grouped = lengths is not None and config.group_by_length
+    if lengths is not None and len(lengths) != n:
+        raise UserError(f"{len(lengths)} lengths for {n} samples")
     out = []
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=g).tolist()
-        out += [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
+        if not grouped:
+            out += [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
+            continue
+        window = config.batch_size * LENGTH_WINDOW
+        epoch = []
+        for w in range(0, n, window):
+            chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+            epoch += [chunk[i:i + config.batch_size] for i in range(0, len(chunk), config.batch_size)]
+        out += [epoch[i] for i in torch.randperm(len(epoch), generator=g).tolist()]
     return out
 
 
@@ -109,7 +129,7 @@ def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples:
         raise UserError("no training samples")
     if features.shape[0] <= max(s.feature_index for s in samples):
         raise UserError(f"features has {features.shape[0]} rows but the samples index beyond them")
-    plan = batches(len(samples), config)
+    plan = batches(len(samples), config, [sum(len(t.tail) for t in s.turns) for s in samples])
     warmup = max(1, round(config.warmup_fraction * len(plan)))
     opt = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, len(plan), warmup))

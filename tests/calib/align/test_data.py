@@ -20,16 +20,39 @@ def test_same_seed_same_samples_other_seed_other_scenes():
     assert not {s.source for s in a} & {s.source for s in c}
 
 
-def test_scene_turns_are_a_caption_and_one_true_question_of_each_kind():
-    for sample in data.scene_samples(8, seed=0):
-        scene = scenes.scene(int(sample.source.split(":")[1]))
-        assert scene.split == "train"
+def _truthful(sample: data.Sample) -> scenes.Scene:
+    scene = scenes.scene(int(sample.source.split(":")[1]))
+    assert scene.split == "train"
+    assert sample.turns[0].kind == "caption" and sample.turns[0].answer == scene.caption
+    assert sample.turns[0].question in data.CAPTION_QUESTIONS
+    truth = {(qa.question, qa.answer) for qa in scene.qa}
+    for t in sample.turns[1:]:
+        assert (t.question.removesuffix(data.SHORT_SUFFIX), t.answer) in truth
+    return scene
+
+
+def test_one_question_per_kind_recipe():
+    for sample in data.scene_samples(8, seed=0, every_binding=False):
+        _truthful(sample)
+        assert [t.kind for t in sample.turns] == ["caption", *data.QA_KINDS]
+
+
+def test_two_group_scenes_get_every_binding_question_and_their_share_is_set():
+    samples = data.scene_samples(10, seed=0, multi_fraction=0.6)
+    multi = [s for s in samples if scenes.num_groups(int(s.source.split(":")[1])) == 2]
+    assert len(multi) == 6
+    for sample in samples:
+        scene = _truthful(sample)
         kinds = [t.kind for t in sample.turns]
-        assert kinds == ["caption", *data.QA_KINDS]
-        assert sample.turns[0].answer == scene.caption and sample.turns[0].question in data.CAPTION_QUESTIONS
-        truth = {(qa.question, qa.answer) for qa in scene.qa}
-        for t in sample.turns[1:]:
-            assert (t.question.removesuffix(data.SHORT_SUFFIX), t.answer) in truth
+        want = 2 if sample in multi else 1
+        assert kinds.count("colour") == kinds.count("shape") == want and kinds.count("count") == 1
+        asked = {t.question.removesuffix(data.SHORT_SUFFIX) for t in sample.turns}
+        if want == 2:
+            assert {qa.question for qa in scene.qa if qa.kind in ("colour", "shape")} <= asked
+    natural = data.scene_samples(30, seed=0)
+    assert [s.source for s in natural] == [f"scene:{i}" for i in scenes.scene_indices("train", 30)]
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        data.scene_samples(4, seed=0, multi_fraction=1.5)
 
 
 def test_photo_views_are_the_photo_then_crops_and_flips():

@@ -54,6 +54,24 @@ def test_schedule_and_batches():
         TrainConfig(batch_size=0)
 
 
+def test_length_grouping_keeps_every_sample_and_cuts_padding():
+    lengths = [int(x) for x in torch.randint(10, 200, (640,), generator=torch.Generator().manual_seed(0))]
+    config = TrainConfig(seed=2, batch_size=4)
+    plain, grouped = batches(640, config), batches(640, config, lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(640)) and len(grouped) == 160
+    assert grouped == batches(640, config, lengths)
+
+    def padded(plan: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) for b in plan)
+
+    assert padded(grouped) < 0.8 * padded(plain)
+    ungrouped = TrainConfig(seed=2, batch_size=4, group_by_length=False)
+    assert batches(640, ungrouped, lengths) == plain
+    assert sorted(b[0] for b in grouped[:20]) != [b[0] for b in grouped[:20]]  # batch order stays shuffled
+    with pytest.raises(UserError, match="lengths"):
+        batches(5, config, [1, 2])
+
+
 def test_standardiser_folds_exactly_into_the_first_linear():
     """A projector trained on standardised features, folded, gives the same embeddings on raw features."""
     from calib.align.train import STD_FLOOR, Standardiser
