@@ -27,13 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and shuffling seed")
     p.add_argument("--scenes", type=int, default=1000, help="training scenes (runtime.scenes train split)")
-    p.add_argument("--multi-group-fraction", type=float, default=0.5,
-                   help="share of training scenes with two groups, whose questions bind colour to shape "
-                        "(the split's own share is about a third)")
-    p.add_argument("--one-question-per-kind", dest="every_binding", action="store_false",
-                   help="ask one random question of each kind per scene (default: a two-group scene gets every "
-                        "colour and shape question)")
+    p.add_argument("--multi-group-fraction", type=float, default=None,
+                   help="share of training scenes with two groups (default: the split's own, about a third)")
+    p.add_argument("--every-binding-question", dest="every_binding", action="store_true",
+                   help="a two-group scene gets every colour and shape question instead of one random question "
+                        "of each kind (measured worse: docs/projector.md)")
     p.add_argument("--photo-views", type=int, default=8, help="views (original + crops/flips) of each photo")
+    p.add_argument("--tokens-per-patch", type=int, default=1,
+                   help="image tokens per 7x7 patch (2: a patch's colour and shape can sit in adjacent tokens)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=4, help="images per step (each with all its chats)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3 ended at a lower loss than 1e-3 in the same steps: docs/projector.md)")
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          warmup_fraction=args.warmup)
     t0 = time.perf_counter()
     # Start from the seeded-random projector: the shipped one may be of an older feature format.
-    model = load_model(str(smol_llava_dir(shipped=False)))
+    model = load_model(str(smol_llava_dir(shipped=False, tokens_per_patch=args.tokens_per_patch)))
     samples = data.training_samples(args.scenes, args.photo_views, args.seed, args.multi_group_fraction,
                                     args.every_binding)
     feats = features.cached_encode(model.module.vision_tower, [s.image for s in samples], efficientnet.FEATURES_ID,
@@ -89,8 +90,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     layout, encoded = packing.encode_samples(model, samples)
     lm = FrozenLM(model, layout)
     hidden = model.config["projector_config"]["hidden_size"]
-    projector = smol_llava.seed_projector(smol_llava.build_projector(hidden, model.config["text_config"]["hidden_size"]),
-                                          args.seed)
+    text_hidden = model.config["text_config"]["hidden_size"]
+    projector = smol_llava.seed_projector(
+        smol_llava.build_projector(hidden, text_hidden, tokens_per_patch=args.tokens_per_patch), args.seed)
     standardiser = Standardiser.fit(feats) if args.standardise else None
     result = train_projector(projector, lm, layout, encoded, feats, model.pad_token_id, config, progress,
                              standardiser=standardiser)
@@ -102,8 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     splits = {"test": evaluate.heldout_questions(args.eval_scenes, args.seed, "test")}
     if args.novel_scenes:
         splits["novel"] = evaluate.heldout_questions(args.novel_scenes, args.seed, "novel")
-    text_hidden = model.config["text_config"]["hidden_size"]
-    random_state = smol_llava.seed_projector(smol_llava.build_projector(hidden, text_hidden)).state_dict()
+    random_state = smol_llava.seed_projector(
+        smol_llava.build_projector(hidden, text_hidden, tokens_per_patch=args.tokens_per_patch)).state_dict()
     report: dict[str, Any] = {}
     for name, state in (("seeded_random", random_state), ("trained", shipped)):
         model.module.projector.load_state_dict({k: v.float() for k, v in state.items()})
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {p['photo']:<22}{'(trained on)' if p['trained_on'] else '(held out)':<14}{p['description']}")
 
     fields = {
-        "architecture": model.config["projector_config"]["type"],
+        "architecture": model.config["projector_config"]["type"], "tokens_per_patch": args.tokens_per_patch,
         "keys": sorted(shipped), "dtype": "float16",
         "base": {"language_model": "SmolLM2-135M-Instruct",
                  "vision_tower": model.config["vision_config"]["source"], "frozen": ["vision_tower", "language_model"]},

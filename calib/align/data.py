@@ -121,7 +121,7 @@ def photo_samples(views: int, seed: int) -> list[Sample]:
     return out
 
 
-def scene_turns(scene: scenes.Scene, rng: np.random.Generator, every_binding: bool = True) -> tuple[Turn, ...]:
+def scene_turns(scene: scenes.Scene, rng: np.random.Generator, every_binding: bool = False) -> tuple[Turn, ...]:
     """A caption request and questions of each kind; half of them carry the benchmark's suffix.
 
     One random question per kind spends the training budget on more images. With `every_binding`, a scene of
@@ -156,7 +156,7 @@ def _mixed_indices(n: int, seed: int, split: str, multi_fraction: float) -> list
 
 
 def scene_samples(n: int, seed: int, split: str = "train", multi_fraction: float | None = None,
-                  every_binding: bool = True) -> list[Sample]:
+                  every_binding: bool = False) -> list[Sample]:
     """`n` scenes of `split` (runtime.scenes), each with its caption and question turns (`scene_turns`).
 
     `multi_fraction` sets the share of two-group scenes (None: the split's own, about a third).
@@ -173,7 +173,7 @@ def scene_samples(n: int, seed: int, split: str = "train", multi_fraction: float
 
 
 def training_samples(n_scenes: int, photo_views: int, seed: int, multi_fraction: float | None = None,
-                     every_binding: bool = True) -> list[Sample]:
+                     every_binding: bool = False) -> list[Sample]:
     """The training set: `n_scenes` train-split scenes (see `scene_samples`) and `photo_views` views of each
     training photo."""
     return (scene_samples(n_scenes, seed, "train", multi_fraction, every_binding)

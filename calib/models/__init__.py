@@ -33,17 +33,22 @@ def shipped_projector() -> Path | None:
     return SHIPPED_PROJECTOR
 
 
-def smol_llava_dir(shipped: bool = True) -> Path:
+def smol_llava_dir(shipped: bool = True, tokens_per_patch: int = 1) -> Path:
     """The embedded default's directory in the asset cache (built on first use), with the shipped projector.
 
     The cache key carries the projector's hash, so a new projector never reuses a directory built with another.
-    `shipped=False` gives the seeded-random projector instead (what projector training starts from).
+    `shipped=False` gives the seeded-random projector of `tokens_per_patch` instead (what projector training
+    starts from).
     """
     from calib.models import smol_llava
 
     projector = shipped_projector() if shipped else None
-    key = f"{SMOL_LLAVA_KEY}-{sha256_file(projector)[:12]}" if projector else f"{SMOL_LLAVA_KEY}-seeded-random"
-    return assets.derived(key, lambda out: smol_llava.build(out, projector=projector), kind="model:smol-llava")
+    if projector:
+        key = f"{SMOL_LLAVA_KEY}-{sha256_file(projector)[:12]}"
+    else:
+        key = f"{SMOL_LLAVA_KEY}-seeded-random" + (f"-x{tokens_per_patch}" if tokens_per_patch != 1 else "")
+    return assets.derived(key, lambda out: smol_llava.build(out, projector, tokens_per_patch),
+                          kind="model:smol-llava")
 
 
 def tiny_random_llava_dir() -> Path:

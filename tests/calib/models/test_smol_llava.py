@@ -19,6 +19,10 @@ def smollm2():
     return LlamaForCausalLM.from_pretrained(smollm2_dir()).eval(), AutoTokenizer.from_pretrained(smollm2_dir())
 
 
+def _tokens_per_patch() -> int:
+    return json.loads((smol_llava_dir() / "config.json").read_text())["projector_config"].get("tokens_per_patch", 1)
+
+
 def test_unit_list(smol_llava):
     units = smol_llava.mlp_units()
     assert len(units) == 90
@@ -52,7 +56,7 @@ def test_chat_template_and_image_tokens(smol_llava):
     prompt = smol_llava.chat_prompt("What is this?", with_image=True)
     assert prompt.endswith("<|im_start|>assistant\n") and "<image>\nWhat is this?<|im_end|>" in prompt
     ids = smol_llava.tokenize(prompt)
-    assert ids.count(smol_llava.image_token_id) == 49
+    assert ids.count(smol_llava.image_token_id) == smol_llava.num_image_tokens == 49 * _tokens_per_patch()
     assert smol_llava.image_token_id == 49152  # past the LM's vocabulary: never embedded, never generated
 
 
@@ -74,7 +78,8 @@ def test_directory_is_plain_and_says_how_the_projector_was_made(smol_llava):
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json", "manifest.json"} <= names
     config = json.loads((d / "config.json").read_text())
     assert config["projector_config"]["state"] in ("seeded-random", "trained")
-    assert config["vision_config"]["name"] == "efficientnet-lite0" and config["num_image_tokens"] == 49
+    assert config["vision_config"]["name"] == "efficientnet-lite0"
+    assert config["num_image_tokens"] == 49 * config["projector_config"].get("tokens_per_patch", 1)
     assert config["vision_config"]["features"] == efficientnet.FEATURES_ID
     assert config["vision_config"]["feature_dim"] == efficientnet.FEATURE_DIM == 1360
 
@@ -105,3 +110,32 @@ def test_a_directory_of_another_format_is_refused_with_the_fix(tmp_path):
     (d / "config.json").write_text(json.dumps({**config, "format_version": 1}))
     with pytest.raises(UserError, match="format 1.*rebuild it"):
         SmolLlava.from_dir(d)
+
+
+def test_k_tokens_per_patch_lay_each_patch_out_as_adjacent_tokens():
+    from calib.models.smol_llava import build_projector
+
+    projector = build_projector(16, 8, in_features=12, tokens_per_patch=3)
+    x = torch.randn(2, 49, 12)
+    out = projector(x)
+    assert out.shape == (2, 147, 8)
+    flat = projector[:3](x)  # the MLP before the layout: [2, 49, 3 * 8]
+    torch.testing.assert_close(out[1, 5 * 3 + 2], flat[1, 5, 16:24], rtol=0, atol=0)  # patch 5, its third token
+    assert list(projector.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_a_projector_file_says_its_tokens_per_patch_and_a_broken_one_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from calib.models.smol_llava import _projector_state, build_projector
+    from runtime.errors import UserError
+
+    good = tmp_path / "p.safetensors"
+    save_file(build_projector(16, 8, in_features=12, tokens_per_patch=2).state_dict(), str(good))
+    assert _projector_state(good, 8)[1] == 2
+    with pytest.raises(UserError, match="not a multiple"):
+        _projector_state(good, 6)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="not a smol-llava projector file"):
+        _projector_state(bad, 8)
