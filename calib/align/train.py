@@ -26,7 +26,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    group_by_length: bool = True
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

@@ -56,7 +56,7 @@ def test_schedule_and_batches():
 
 def test_length_grouping_keeps_every_sample_and_cuts_padding():
     lengths = [int(x) for x in torch.randint(10, 200, (640,), generator=torch.Generator().manual_seed(0))]
-    config = TrainConfig(seed=2, batch_size=4)
+    config = TrainConfig(seed=2, batch_size=4, group_by_length=True)
     plain, grouped = batches(640, config), batches(640, config, lengths)
     assert sorted(i for b in grouped for i in b) == list(range(640)) and len(grouped) == 160
     assert grouped == batches(640, config, lengths)
