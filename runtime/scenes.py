@@ -12,6 +12,7 @@ Splits, so held-out scenes are never seen in training:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -232,21 +233,14 @@ def iter_indices(split: str, seed: int = 0) -> Iterator[int]:
         raise ValueError(f"unknown scene split {split!r}; choose one of {', '.join(SPLITS)}")
     if seed < 0:
         raise ValueError("seed must be >= 0")
-    index = seed * 10_000_000
-    while True:
-        if split_of(index) == split:
-            yield index
-        index += 1
+    return (index for index in itertools.count(seed * 10_000_000) if split_of(index) == split)
 
 
 def scene_indices(split: str, n: int, seed: int = 0) -> list[int]:
     """The first `n` indices of `split` (see `iter_indices`)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown scene split {split!r}; choose one of {', '.join(SPLITS)}")
     if n < 0:
         raise ValueError("n must be >= 0")
-    walk = iter_indices(split, seed)
-    return [next(walk) for _ in range(n)]
+    return list(itertools.islice(iter_indices(split, seed), n))
 
 
 def scenes(split: str, n: int, seed: int = 0) -> Iterator[Scene]:

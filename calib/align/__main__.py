@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"{args.out} already exists; choose another --out or pass --force to replace it")
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.tokens_per_patch < 1:
+        raise UserError(f"--tokens-per-patch must be >= 1, got {args.tokens_per_patch}")
     torch.set_num_threads(args.threads)
     progress = not args.quiet
     config = TrainConfig(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -90,3 +90,15 @@ def test_bad_inputs_are_refused_with_clear_errors():
     ("It is red", "red", False), ("blue", "red", False)])
 def test_exact_match_on_the_normalised_answer(response, answer, ok):
     assert evaluate.exact_match(response, answer) is ok
+
+
+@pytest.mark.parametrize("flag,value,message", [("--tokens-per-patch", "0", "tokens-per-patch must be >= 1"),
+                                                ("--multi-group-fraction", "1.5", r"\[0, 1\]")])
+def test_align_cli_refuses_bad_options_and_writes_nothing(tmp_path, capsys, flag, value, message):
+    import re
+
+    from calib.align.__main__ import main
+
+    out = tmp_path / "projector"
+    assert main(["--out", str(out), flag, value, "--scenes", "2", "--quiet"]) == 2
+    assert re.search(message, capsys.readouterr().err) and not out.exists()
