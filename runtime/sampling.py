@@ -13,9 +13,9 @@ def request_rng(seed: int, index: int) -> np.random.Generator:
 
 def select(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator | None = None) -> int:
     """Pick the next token from one row of logits: argmax, or temperature + top-p sampling."""
-    logits = np.asarray(logits, dtype=np.float64)
     if not config.do_sample:
-        return int(np.argmax(logits))
+        return int(np.argmax(logits))  # widening to float64 would not change the argmax, so it is skipped
+    logits = np.asarray(logits, dtype=np.float64)
     if rng is None:
         raise ValueError("sampling needs a random generator (runtime.sampling.request_rng)")
     z = logits / max(config.temperature, 1e-5)

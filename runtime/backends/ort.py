@@ -147,10 +147,21 @@ class OrtBackend(Backend):
         self._kv_dtype = _NUMPY.get(types[past0], np.float32)
         # a fused decoder derives positions from the attention mask: a left-padded batch would be misread
         self.left_padding = not self.fused
-        self._bound: tuple[Any, Any] | None = None  # (shared KV buffers, the IO binding that holds them)
+        # (shared KV buffers, the IO binding that holds them, the preallocated logits it writes or None)
+        self._bound: tuple[Any, Any, np.ndarray | None] | None = None
+        self._fused_logits_row = self._last_logits_row() if self.fused else None
         self._embed_rows: dict[int, np.ndarray] = {}
         self._vision_dtype = _NUMPY.get({i.name: i.type for i in self._sessions["vision"].get_inputs()}
                                         [spec.vision.input], np.float32)
+
+    def _last_logits_row(self) -> tuple[Any, int] | None:
+        """(dtype, vocab) when the fused decoder's logits are [batch, 1, vocab] with a fixed vocab: such logits
+        can be written into a buffer allocated once per generation instead of a fresh output every step."""
+        out = {o.name: o for o in self._sessions["fused_decoder"].get_outputs()}[self.bundle.spec.fused_decoder.logits]
+        shape = out.shape
+        if len(shape) == 3 and shape[1] == 1 and isinstance(shape[2], int) and out.type in _NUMPY:
+            return _NUMPY[out.type], shape[2]
+        return None
 
     def _use_fused(self, spec: Any) -> bool:
         choice = self.options.decoder
@@ -238,7 +249,7 @@ class OrtBackend(Backend):
         if ids.shape[1] == 1:
             rows = [self._embed_rows.get(int(t)) for t in ids[:, 0]]
             if all(r is not None for r in rows):
-                return np.stack(rows)[:, None]
+                return rows[0][None, None] if len(rows) == 1 else np.stack(rows)[:, None]
         out = self._sessions["embed"].run([io.output], {io.input: ids})[0]
         if out.ndim == 3 and out.shape[:2] == ids.shape and len(self._embed_rows) < _EMBED_CACHE_ROWS:
             for t, row in zip(ids.reshape(-1).tolist(), out.reshape(-1, out.shape[-1])):
@@ -316,29 +327,39 @@ class OrtBackend(Backend):
         shared = f.kv_buffer == "shared"
         if shared and cache.length + s > tensors[0].shape()[2]:
             tensors = self._grow(tensors, cache.length + s)
-        # logits are bound first, so they are the first output; with a shared buffer the binding is kept from one
-        # step to the next (the buffers do not move) and only the embeddings and the mask are rebound
+        # with a shared buffer the binding is kept from one step to the next (the buffers do not move) and only the
+        # embeddings and the mask are rebound; last-position logits go to a buffer bound once, so a step reads no
+        # outputs back (io.get_outputs() would wrap every layer's key/value buffer in a new Python object)
         if not shared or self._bound is None or self._bound[0] is not tensors:
             io = session.io_binding()
-            io.bind_output(f.logits, "cpu")
+            row = self._fused_logits_row if shared else None
+            logits_buffer = None
+            if row is not None:
+                logits_buffer = np.empty((b, 1, row[1]), dtype=row[0])
+                io.bind_output(f.logits, "cpu", 0, row[0], list(logits_buffer.shape), logits_buffer.ctypes.data)
+            else:
+                io.bind_output(f.logits, "cpu")
             if shared:
                 for past, present, value in zip(self._fused_past, self._fused_present, tensors):
                     io.bind_ortvalue_input(past, value)
                     io.bind_ortvalue_output(present, value)
-                self._bound = (tensors, io)
+                self._bound = (tensors, io, logits_buffer)
             else:
                 for name, value in zip(self._fused_past, tensors):
                     io.bind_ortvalue_input(name, value)
                 for name in self._fused_present:
                     io.bind_output(name, self.device, self.device_id)
         else:
-            io = self._bound[1]
+            io, logits_buffer = self._bound[1], self._bound[2]
         io.bind_cpu_input(f.inputs_embeds, np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype))
         io.bind_cpu_input(f.attention_mask, np.ascontiguousarray(attention_mask, dtype=np.int64))
         session.run_with_iobinding(io)
+        if shared and logits_buffer is not None:
+            # a copy: the buffer is overwritten by the next step
+            return logits_buffer[:, -1].astype(np.float32), KVCache(b, cache.length + s, tuple(tensors))
         outputs = io.get_outputs()
         logits = outputs[0].numpy()
-        if f.kv_buffer != "shared":
+        if not shared:
             tensors = tuple(outputs[1:])
         logits = logits[:, -1] if last_only else logits
         return logits.astype(np.float32, copy=False), KVCache(b, cache.length + s, tuple(tensors))

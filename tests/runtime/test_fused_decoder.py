@@ -49,12 +49,28 @@ def fused_graph(spec: dict, fused: dict) -> onnx.ModelProto:
              helper.make_node("Slice", [fused["inputs_embeds"], "f0", "fhd", "axis2"], ["head"]),
              helper.make_node("Unsqueeze", ["head", "axis1"], ["head4"]),  # [b, 1, s, hd]
              helper.make_node("Concat", ["head4"] * h, ["new"], axis=1)]  # [b, h, s, hd]
+    if fused["kv_buffer"] == "shared":
+        # like GroupQueryAttention with a shared buffer: present is past (same capacity) with the new positions
+        # [t - s, t) written in, t = the mask's length
+        inits += [helper.make_tensor("one", i64, [1], [1]), helper.make_tensor("four", i64, [4], [1, 1, -1, 1])]
+        nodes += [helper.make_node("Shape", [fused["attention_mask"]], ["t"], start=1, end=2),
+                  helper.make_node("Shape", [fused["inputs_embeds"]], ["s"], start=1, end=2),
+                  helper.make_node("Sub", ["t", "s"], ["t0"]),
+                  helper.make_node("Squeeze", ["t0"], ["t0s"]), helper.make_node("Squeeze", ["t"], ["ts"]),
+                  helper.make_node("Squeeze", ["one"], ["ones"]),
+                  helper.make_node("Range", ["t0s", "ts", "ones"], ["pos"]),
+                  helper.make_node("Reshape", ["pos", "four"], ["pos4"]),
+                  helper.make_node("Shape", ["new"], ["new_shape"]),
+                  helper.make_node("Expand", ["pos4", "new_shape"], ["idx"])]
     for i in range(spec["num_layers"]):
         for kind in ("key", "value"):
             past, present = fused[f"past_{kind}"].format(i=i), fused[f"present_{kind}"].format(i=i)
             ins.append(helper.make_tensor_value_info(past, f, ["b", h, "p", hd]))
             outs.append(helper.make_tensor_value_info(present, f, ["b", h, "t", hd]))
-            nodes.append(helper.make_node("Concat", [past, "new"], [present], axis=2))
+            if fused["kv_buffer"] == "shared":
+                nodes.append(helper.make_node("ScatterElements", [past, "idx", "new"], [present], axis=2))
+            else:
+                nodes.append(helper.make_node("Concat", [past, "new"], [present], axis=2))
     graph = helper.make_graph(nodes, "fused", ins, outs, initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -134,6 +150,28 @@ def test_fused_cache_grows_and_logits_are_last_only(tmp_path: Path):
     assert cache.length == 6 and np.array_equal(logits[0], x[0, 0])
     with pytest.raises(ValueError, match="not made by the fused decoder"):
         be.decode(x, np.ones((1, 5), np.int64), np.arange(5)[None], type(cache)(1, 0, ()))
+
+
+def test_shared_buffer_is_written_in_place_and_logits_survive_the_next_step(tmp_path: Path):
+    """With a shared key/value buffer the binding (and the preallocated logits it writes) is kept across steps;
+    each step's logits are the caller's own, not a view the next step overwrites."""
+    bundle = load_bundle(bundle_with_fused(tmp_path / "b", {**FUSED, "kv_buffer": "shared"}))
+    be = OrtBackend(bundle, OrtOptions(threads=1))
+    hid, hd = bundle.spec.hidden_size, bundle.spec.head_dim
+    x = np.random.default_rng(0).standard_normal((1, 7, hid)).astype(np.float32)
+    cache = be.empty_cache(1, capacity=8)
+    first, cache = be.decode(x[:, :5], np.ones((1, 5), np.int64), np.arange(5)[None], cache)
+    buffers, binding = cache.tensors, be._bound
+    second, cache = be.decode(x[:, 5:6], np.ones((1, 6), np.int64), np.array([[5]]), cache)
+    third, cache = be.decode(x[:, 6:7], np.ones((1, 7), np.int64), np.array([[6]]), cache)
+    assert cache.tensors is buffers and be._bound is binding and be._bound[2] is not None
+    for logits, row in ((first, 4), (second, 5), (third, 6)):
+        assert logits.shape == (1, hid) and logits.dtype == np.float32 and np.array_equal(logits[0], x[0, row])
+    stored = cache.tensors[0].numpy()
+    assert stored.shape[2] == 8 and np.array_equal(stored[0, 0, :7], x[0, :, :hd])
+    grown, cache = be.decode(x[:, :2], np.ones((1, 9), np.int64), np.array([[7, 8]]), cache)  # past capacity 8
+    assert cache.length == 9 and cache.tensors[0].shape()[2] >= 9 and np.array_equal(grown[0], x[0, 1])
+    assert np.array_equal(cache.tensors[0].numpy()[0, 0, :9], np.concatenate([x[0, :, :hd], x[0, :2, :hd]]))
 
 
 def test_all_position_logits_come_from_the_standard_decoder(tmp_path: Path):
