@@ -149,74 +149,27 @@ def gguf_blocks_for(node_name: str, weights: Any) -> Any:
     return weights.blocks(f"blk.{i}.{_GGUF[module]}.weight")
 
 
-def _gate_up_pairs(graph: Any, inits: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{layer: (gate MatMul, up MatMul)} for the layers whose gate and up projections read the same input."""
-    found: dict[str, dict[str, Any]] = {}
-    for node in graph.node:
-        m = _FUSED_NODE.search(node.name) if node.op_type == "MatMul" and node.input[1] in inits else None
-        if m and m.group(2) in ("mlp/gate_proj", "mlp/up_proj"):
-            found.setdefault(m.group(1), {})[m.group(2)] = node
-    return {layer: (d["mlp/gate_proj"], d["mlp/up_proj"]) for layer, d in found.items()
-            if len(d) == 2 and d["mlp/gate_proj"].input[0] == d["mlp/up_proj"].input[0]}
-
-
-def _merged_gate_up(gate: Any, up: Any, blocks: tuple[Any, Any], sums_of: dict[str, str], nodes: list,
-                    added: list, accuracy_level: int) -> None:
-    """gate and up as one MatMulNBits (their blocks stacked along N) + one offsets MatMul and Add, then a Split
-    into the two original outputs: 4 nodes instead of 6 a layer."""
-    from onnx import helper, numpy_helper
-
-    from compile.gguf_nbits import Blocks, emit_blocks
-
-    stacked = Blocks(*(np.concatenate([getattr(b, f) for b in blocks]) for f in ("codes", "scales", "offsets")),
-                     blocks[0].bits)
-    name = gate.name.replace("gate_proj", "gate_up_proj")
-    merged = helper.make_node("MatMul", [gate.input[0], ""], [name.strip("/").replace("/", "_") + "_out"], name=name)
-    emit_blocks(merged, stacked, sums_of, nodes, added, accuracy_level)
-    sizes = numpy_helper.from_array(np.array([b.codes.shape[0] for b in blocks], np.int64),
-                                    name.strip("/").replace("/", "_") + "_split")
-    added.append(sizes)
-    nodes.append(helper.make_node("Split", [merged.output[0], sizes.name], [gate.output[0], up.output[0]], axis=-1,
-                                  name=name + "_split"))
-
-
 def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] | None,
                     accuracy_level: int = 4) -> dict[str, Any]:
     """The builder's float32 MatMuls as MatMulNBits with the GGUF's own blocks (+ block-sum offsets), as
     compile.gguf_nbits does for the standard decoder; each converted weight is checked against the float32 one
-    (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`). A layer's gate and up
-    projections, which read the same input, become one MatMulNBits (fewer nodes: on a CPU decode step each small
-    node costs about as much as its arithmetic)."""
-    from compile.gguf_nbits import _com_microsoft, folded_blocks, replace_matmul
+    (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`)."""
+    from compile.gguf_nbits import _com_microsoft, replace_matmul
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     nodes, added, dropped, sums_of = [], [], set(), {}
     converted: dict[str, int] = {}
     folded, worst = [], 0.0
-    pairs = {n.name: pair for pair in _gate_up_pairs(graph, inits).values() for n in pair}
-    merged = 0
     for node in graph.node:
         blocks = gguf_blocks_for(node.name, weights) if node.op_type == "MatMul" and node.input[1] in inits else None
         if blocks is None:
             nodes.append(node)
             continue
+        worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
+                                          accuracy_level))
         kind = f"Q{blocks.bits}"
         converted[kind] = converted.get(kind, 0) + 1
-        pair = pairs.get(node.name)
-        if pair is None:
-            worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
-                                              accuracy_level))
-            continue
-        if pair[0].input[1] in dropped:  # the pair was written where its first MatMul stood
-            continue
-        both = [folded_blocks(n, gguf_blocks_for(n.name, weights), inits, row_scales, folded) for n in pair]
-        if len({b.bits for b, _ in both}) != 1:
-            raise UserError(f"{pair[0].name}: gate and up are quantized differently in the GGUF; cannot stack them")
-        worst = max([worst] + [d for _, d in both])
-        _merged_gate_up(*pair, tuple(b for b, _ in both), sums_of, nodes, added, accuracy_level)
-        dropped.update(n.input[1] for n in pair)
-        merged += 1
     layers = sum(1 for n in graph.node if n.name.endswith("qkv_proj/MatMul"))
     if sum(converted.values()) != 5 * layers + 1:
         raise UserError(f"only {sum(converted.values())} of the fused decoder's {5 * layers + 1} MatMuls map to GGUF "
@@ -231,7 +184,7 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
     graph.initializer.extend(keep + added)
     _com_microsoft(model)
     return {"method": "gguf-exact", "converted": converted, "max_abs_diff_vs_float32": worst,
-            "folded_modules": len(folded), "accuracy_level": accuracy_level, "gate_up_merged_layers": merged}
+            "folded_modules": len(folded), "accuracy_level": accuracy_level}
 
 
 def copy_graph(graph_dir: Path, out: Path, gguf: tuple[Any, Any, int] | None = None) -> dict[str, Any] | None:

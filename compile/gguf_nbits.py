@@ -227,55 +227,38 @@ def dequantize_linear_nodes(node: onnx.NodeProto, blocks: Blocks, block_sums: st
     return nodes, inits
 
 
-BLOCK_INDICATOR = "gguf_block_indicator_"  # + K: the 0/1 [K, K / 32] matrix of block sums
-
-
 def _block_sums(a: str, k: int) -> tuple[str, list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """One MatMul computing the 32-element block sums of activation `a` [b, s, K] -> [b, s, K / 32]: `a` times a
-    0/1 block-indicator matrix [K, K / 32] (one node where Reshape + ReduceSum took two; on a CPU decode step
-    the per-node cost, not the arithmetic, is what these small ops spend)."""
-    indicator = np.kron(np.eye(k // QK, dtype=np.float32), np.ones((QK, 1), np.float32))
-    ones = numpy_helper.from_array(indicator, f"{BLOCK_INDICATOR}{k}")
-    node = helper.make_node("MatMul", [a, ones.name], [f"{a}_block_sums"], name=f"{a}_block_sums")
-    return f"{a}_block_sums", [node], [ones]
-
-
-def folded_blocks(node: Any, blocks: Any, inits: dict[str, Any], row_scales: dict[str, np.ndarray] | None,
-                  folded: list[str]) -> tuple[Any, float]:
-    """One float MatMul's GGUF blocks, scaled by its unit's SGM factors when given (the unit is then appended to
-    `folded`), and checked against the float weight; returns (blocks, the check's max |difference|)."""
-    unit = unit_of(node.name)
-    if row_scales and unit in row_scales:
-        blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
-        folded.append(unit)
-    return blocks, _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name)
-
-
-def emit_blocks(node: Any, blocks: Any, sums_of: dict[str, str], nodes: list, added: list,
-                accuracy_level: int = 4, qdq: bool = False) -> None:
-    """Append the nodes and tensors computing `node`'s output from `blocks` (block sums of its input shared per
-    activation in `sums_of`)."""
-    sums = None
-    if blocks.correction().any():
-        if node.input[0] not in sums_of:
-            sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
-            nodes.extend(extra)
-            have = {t.name for t in added}
-            added.extend(t for t in consts if t.name not in have)  # one indicator per K, shared by every layer
-        sums = sums_of[node.input[0]]
-    new, tensors = (dequantize_linear_nodes(node, blocks, sums) if qdq
-                    else matmul_nbits_node(node, blocks, accuracy_level, sums))
-    nodes.extend(new)
-    added.extend(tensors)
+    """Nodes computing the 32-element block sums of activation `a` [b, s, K] -> [b, s, K / 32]."""
+    shape = numpy_helper.from_array(np.array([0, 0, k // QK, QK], np.int64), f"{a}_blocks_shape")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), f"{a}_blocks_axes")
+    nodes = [helper.make_node("Reshape", [a, shape.name], [f"{a}_blocks"], name=f"{a}_blocks"),
+             helper.make_node("ReduceSum", [f"{a}_blocks", axes.name], [f"{a}_block_sums"], keepdims=0,
+                              name=f"{a}_block_sums")]
+    return f"{a}_block_sums", nodes, [shape, axes]
 
 
 def replace_matmul(node: Any, blocks: Any, inits: dict[str, Any], row_scales: dict[str, np.ndarray] | None,
                    folded: list[str], sums_of: dict[str, str], nodes: list, added: list, dropped: set,
                    accuracy_level: int = 4, qdq: bool = False) -> float:
-    """Replace one float MatMul by its GGUF blocks (`folded_blocks`, then `emit_blocks`), marking the float weight
-    dropped; returns the check's max |difference|."""
-    blocks, diff = folded_blocks(node, blocks, inits, row_scales, folded)
-    emit_blocks(node, blocks, sums_of, nodes, added, accuracy_level, qdq)
+    """Replace one float MatMul by its GGUF blocks (scaled by its unit's SGM factors when given, checked against
+    the float weight): appends the new nodes and tensors (block sums shared per activation in `sums_of`), marks
+    the float weight dropped; returns the check's max |difference|."""
+    unit = unit_of(node.name)
+    if row_scales and unit in row_scales:
+        blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
+        folded.append(unit)
+    diff = _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name)
+    sums = None
+    if blocks.correction().any():
+        if node.input[0] not in sums_of:
+            sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
+            nodes.extend(extra)
+            added.extend(consts)
+        sums = sums_of[node.input[0]]
+    new, tensors = (dequantize_linear_nodes(node, blocks, sums) if qdq
+                    else matmul_nbits_node(node, blocks, accuracy_level, sums))
+    nodes.extend(new)
+    added.extend(tensors)
     dropped.add(node.input[1])
     return diff
 
