@@ -1,6 +1,6 @@
-"""Run the whole path for one model: calibrate -> fold -> export -> quantize -> engines -> evaluate.
+"""Run the whole path for one model: calibrate -> fold -> export -> quantize -> fused -> engines -> evaluate.
 
-    python -m compile.build --model smol-llava --out build/smol-llava
+    python -m compile.build --model smol-llava --out build/smol-llava [--precision int4] [--fused]
 
 Each stage writes its own artifact directory under --out, each with a manifest.json that records what it
 was made from; `build.json` records each stage's input key. Re-running reuses every finished stage whose
@@ -42,6 +42,7 @@ STAGES = (
     Stage("fold", "detoxified", "fold the factors into the MLP weights (row scaling), checked against hooks"),
     Stage("export", "bundle", "vision / embed / decoder graphs through Optimum, validated vs PyTorch"),
     Stage("quantize", "bundle-<precision>", "ONNX Runtime int8 / int4, or fp16 / Q-DQ graphs for TensorRT"),
+    Stage("fused", "bundle[-<precision>]-fused", "--fused: onnxruntime-genai's fused CPU decoder added (fp32, int4)"),
     Stage("engine", "engines | jetson", "TensorRT engines (cuda, built here) or a Jetson bundle (built on device)"),
     Stage("evaluate", "report", "MM-TOXIC-QA on the compiled bundle (ONNX Runtime)"),
 )
@@ -74,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--target", choices=("cpu", "cuda", "jetson-orin"), default="cpu",
                    help="cpu: ONNX Runtime bundle; cuda: + TensorRT engines built on this machine; jetson-orin: a "
                         "bundle with a script that builds the engines on the device")
+    g.add_argument("--fused", action="store_true",
+                   help="add a fused CPU decoder built by onnxruntime-genai's model builder (fp32 or int4; 1.4-1.9x "
+                        "faster decoding, BENCHMARKS.md); needs the builder's own interpreter (--builder-python)")
+    g.add_argument("--builder-python",
+                   help="interpreter with onnxruntime-genai, torch and transformers for --fused (default: .venv-peers "
+                        "beside the repository, made by scripts/bench-peers --setup-only)")
     g = p.add_argument_group("evaluate")
     g.add_argument("--skip-eval", action="store_true", help="do not run MM-TOXIC-QA on the result")
     g.add_argument("--eval-limit", type=int, default=DEFAULT_EVAL_LIMIT,
@@ -204,6 +211,16 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
                              {"bundle": _manifest_sha(src), "precision": args.precision},
                              lambda out: quantize_bundle(src, out, QuantSpec(args.precision)))
 
+    if args.fused:
+        from compile.fused import add_fused_decoder, summary
+
+        def fuse(out: Path) -> None:
+            print(summary(add_fused_decoder(src, detox, out, builder_python=args.builder_python), out), file=sys.stderr)
+
+        src = bundle
+        bundle = build.stage("fused", f"{src.name}-fused",
+                             {"bundle": _manifest_sha(src), "detoxified": _manifest_sha(detox)}, fuse)
+
     if args.target == "cuda":
         from compile.engine import build_engines
 
@@ -246,6 +263,23 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     return report or {}
 
 
+def check_fused_options(args: argparse.Namespace) -> None:
+    """Refuse --fused settings that cannot work before any stage runs (calibration alone takes minutes)."""
+    from compile.fused import PRECISIONS as FUSED_PRECISIONS
+    from compile.fused import builder_available, default_builder_python
+
+    if args.target != "cpu":
+        raise UserError(f"--fused adds a CPU decoder; --target {args.target} builds TensorRT engines from the standard "
+                        "decoder, so drop --fused there")
+    if args.precision not in FUSED_PRECISIONS:
+        raise UserError(f"--fused builds fp32 or int4 decoders, not {args.precision}; choose --precision fp32 or int4")
+    python = args.builder_python or default_builder_python()
+    why = builder_available(python)
+    if why:
+        raise UserError(f"--fused needs onnxruntime-genai's builder, which {python} cannot import ({why}); make its "
+                        "interpreter with scripts/bench-peers --setup-only, or pass --builder-python")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from calib.models import resolve
@@ -254,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if not 0.0 <= args.top_fraction < 1.0:
         raise UserError(f"--top-fraction must be in [0, 1), got {args.top_fraction}")
+    if args.fused:
+        check_fused_options(args)
     model_type, location = resolve(args.model)
     print(f"model: {args.model} ({model_type}, {location})")
     if args.experts is not None and not (args.experts / MANIFEST).is_file():
@@ -262,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("<out>")
     for s in STAGES:
         skipped = ((s.name == "calib" and args.experts is not None) or (s.name == "quantize" and args.precision == "fp32")
-                   or (s.name == "engine" and args.target == "cpu") or (s.name == "evaluate" and args.skip_eval))
+                   or (s.name == "engine" and args.target == "cpu") or (s.name == "evaluate" and args.skip_eval)
+                   or (s.name == "fused" and not args.fused))
         print(f"  {s.name:<9} -> {out}/{s.directory:<20} {'skipped' if skipped else 'runs'}: {s.what}")
     if args.dry_run:
         return 0

@@ -339,14 +339,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     manifest = add_fused_decoder(args.bundle, args.checkpoint, args.out, args.precision, args.builder_python,
                                  args.prebuilt, args.overwrite, args.threads, args.weights)
-    f, c = manifest["fused_decoder"], manifest.get("check", {})
-    print(f"bundle with a fused {f['precision']} decoder ({f['weights']['method']}) written to {args.out} "
-          f"({', '.join(f['contrib_ops'])}; logits {f['logits_positions']}, kv buffer {f['kv_buffer']})")
-    if c:
-        print(f"  vs the standard decoder: identical greedy tokens on {c['identical_greedy']}/{c['prompts']} prompts "
-              f"({c['tokens_before_first_difference']}/{c['tokens']} tokens before the first difference), "
-              f"max |dlogit| at prefill {c['max_abs_dlogit_prefill']:.3g}")
+    print(summary(manifest, args.out))
     return 0
+
+
+def summary(manifest: dict[str, Any], out: str | os.PathLike) -> str:
+    """What was written and how the fused decoder compared with the standard one (from the bundle's manifest)."""
+    f, c = manifest["fused_decoder"], manifest.get("check", {})
+    text = (f"bundle with a fused {f['precision']} decoder ({f['weights']['method']}) written to {out} "
+            f"({', '.join(f['contrib_ops'])}; logits {f['logits_positions']}, kv buffer {f['kv_buffer']})")
+    if c:
+        text += (f"\n  vs the standard decoder: identical greedy tokens on {c['identical_greedy']}/{c['prompts']} "
+                 f"prompts ({c['tokens_before_first_difference']}/{c['tokens']} tokens before the first difference), "
+                 f"max |dlogit| at prefill {c['max_abs_dlogit_prefill']:.3g}")
+    return text
 
 
 if __name__ == "__main__":

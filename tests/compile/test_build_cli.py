@@ -41,3 +41,18 @@ def test_unknown_model_and_option_are_refused(tmp_path):
 def test_reused_experts_must_be_an_artifact(tmp_path):
     p = _run("--model", "tiny-random-llava", "--experts", str(tmp_path), "--dry-run")
     assert p.returncode == 2 and "not an experts artifact" in p.stderr
+
+
+def test_fused_settings_that_cannot_work_are_refused_before_any_stage(tmp_path):
+    out = tmp_path / "o"
+    for args, words in ((("--target", "cuda"), "--fused adds a CPU decoder"),
+                        (("--precision", "int8"), "fp32 or int4 decoders, not int8"),
+                        (("--builder-python", str(tmp_path / "no-python")), "scripts/bench-peers --setup-only")):
+        p = _run("--model", "tiny-random-llava", "--out", str(out), "--fused", *args)
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not out.exists()
+    p = _run("--model", "tiny-random-llava", "--dry-run", "--fused", "--builder-python", sys.executable)
+    if p.returncode == 0:  # this interpreter has the builder: the plan lists the stage
+        assert "fused" in p.stdout and "runs" in p.stdout.split("fused", 1)[1].splitlines()[0]
+    else:
+        assert "cannot import" in p.stderr
