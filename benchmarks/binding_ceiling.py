@@ -96,8 +96,10 @@ TEXT: dict[str, Callable[[Item], str]] = {
 
 
 @torch.no_grad()
-def forced_choice(model: object, items: Sequence[Item], form: str) -> dict[str, tuple[int, int]]:
-    """{kind: (right, n)}: how often the right value's next-token log-probability beats the other's."""
+def forced_choice(model: object, items: Sequence[Item], form: str,
+                  question_first: bool = False) -> dict[str, tuple[int, int]]:
+    """{kind: (right, n)}: how often the right value's next-token log-probability beats the other's; with
+    `question_first` a text scene follows the question instead of preceding it."""
     from calib.align.data import SHORT_SUFFIX
 
     lm = model.module.language_model
@@ -110,7 +112,8 @@ def forced_choice(model: object, items: Sequence[Item], form: str) -> dict[str, 
             embeds = model.inputs_embeds(ids, [it.scene.image])[None]
         else:
             scene = TEXT[form](it)
-            ids = model.tokenize(model.chat_prompt(f"{scene}\n{question}" if scene else question, False) + it.prefix)
+            text = (f"{question}\n{scene}" if question_first else f"{scene}\n{question}") if scene else question
+            ids = model.tokenize(model.chat_prompt(text, False) + it.prefix)
             embeds = model.embed_tokens(torch.tensor([ids]))
         logp = lm(inputs_embeds=embeds).logits[0, -1].float()
         right, n = tally.setdefault(it.kind, [0, 0])
@@ -122,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scenes", type=int, default=200, help="test scenes to draw the two-group ones from")
     p.add_argument("--forms", nargs="+", choices=FORMS, default=["none", "image", "caption", "is-sentences"])
+    p.add_argument("--question-first", action="store_true", help="text scenes after the question, not before")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     if min(args.scenes, args.threads) < 1:
@@ -135,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"binding questions from the two-group scenes of {args.scenes} test scenes; chance 50%")
     print("| scene given as | colour: right value preferred | shape: right value preferred |\n|---|---|---|")
     for form in args.forms:
-        t = forced_choice(model, items, form)
+        t = forced_choice(model, items, form, args.question_first)
         cells = [f"{t[k][0] / t[k][1]:.0%} ({t[k][0]}/{t[k][1]})" if k in t else "-" for k in ("colour", "shape")]
         print(f"| {form} | {cells[0]} | {cells[1]} |", flush=True)
     return 0
