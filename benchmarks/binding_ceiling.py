@@ -103,7 +103,10 @@ def forced_choice(model: object, items: Sequence[Item], form: str,
     from calib.align.data import SHORT_SUFFIX
 
     lm = model.module.language_model
-    first = lambda word: model.tokenizer(" " + word, add_special_tokens=False).input_ids[0]  # noqa: E731
+
+    def first(word: str) -> int:  # every colour and shape word starts with a token of its own
+        return model.tokenizer(" " + word, add_special_tokens=False).input_ids[0]
+
     tally: dict[str, list[int]] = {}
     for it in items:
         question = it.question + SHORT_SUFFIX
@@ -116,8 +119,9 @@ def forced_choice(model: object, items: Sequence[Item], form: str,
             ids = model.tokenize(model.chat_prompt(text, False) + it.prefix)
             embeds = model.embed_tokens(torch.tensor([ids]))
         logp = lm(inputs_embeds=embeds).logits[0, -1].float()
-        right, n = tally.setdefault(it.kind, [0, 0])
-        tally[it.kind] = [right + int(logp[first(it.right)] > logp[first(it.other)]), n + 1]
+        counts = tally.setdefault(it.kind, [0, 0])
+        counts[0] += int(logp[first(it.right)] > logp[first(it.other)])
+        counts[1] += 1
     return {k: (v[0], v[1]) for k, v in tally.items()}
 
 

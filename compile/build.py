@@ -214,10 +214,11 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     if args.fused:
         from compile.fused import add_fused_decoder, summary
 
+        src = bundle
+
         def fuse(out: Path) -> None:
             print(summary(add_fused_decoder(src, detox, out, builder_python=args.builder_python), out), file=sys.stderr)
 
-        src = bundle
         bundle = build.stage("fused", f"{src.name}-fused",
                              {"bundle": _manifest_sha(src), "detoxified": _manifest_sha(detox)}, fuse)
 

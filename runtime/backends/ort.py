@@ -249,7 +249,7 @@ class OrtBackend(Backend):
         if ids.shape[1] == 1:
             rows = [self._embed_rows.get(int(t)) for t in ids[:, 0]]
             if all(r is not None for r in rows):
-                return rows[0][None, None] if len(rows) == 1 else np.stack(rows)[:, None]
+                return np.stack(rows)[:, None]
         out = self._sessions["embed"].run([io.output], {io.input: ids})[0]
         if out.ndim == 3 and out.shape[:2] == ids.shape and len(self._embed_rows) < _EMBED_CACHE_ROWS:
             for t, row in zip(ids.reshape(-1).tolist(), out.reshape(-1, out.shape[-1])):
@@ -354,7 +354,7 @@ class OrtBackend(Backend):
         io.bind_cpu_input(f.inputs_embeds, np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype))
         io.bind_cpu_input(f.attention_mask, np.ascontiguousarray(attention_mask, dtype=np.int64))
         session.run_with_iobinding(io)
-        if shared and logits_buffer is not None:
+        if logits_buffer is not None:  # only ever bound with a shared buffer
             # a copy: the buffer is overwritten by the next step
             return logits_buffer[:, -1].astype(np.float32), KVCache(b, cache.length + s, tuple(tensors))
         outputs = io.get_outputs()
