@@ -91,6 +91,7 @@ def decode_loop(backend: Backend, prompts: Sequence[np.ndarray], config: Generat
                                    backend.empty_cache(b, capacity=s + max(config.max_new_tokens, 1)))
     t1 = time.perf_counter()
     position = positions[:, -1:]
+    stepper = backend.token_stepper(cache, mask)
     steps = 0
     for n in range(config.max_new_tokens):
         step = []
@@ -104,9 +105,12 @@ def decode_loop(backend: Backend, prompts: Sequence[np.ndarray], config: Generat
             step.append(t)
         if all(finished) or n == config.max_new_tokens - 1:
             break
-        position = position + 1
-        ids = np.asarray(step, dtype=np.int64)[:, None]
-        logits, cache = backend.decode(backend.embed(ids), mask[:, :cache.length + 1], position, cache)
+        if stepper is not None:
+            logits = stepper(step)
+        else:
+            position = position + 1
+            ids = np.asarray(step, dtype=np.int64)[:, None]
+            logits, cache = backend.decode(backend.embed(ids), mask[:, :cache.length + 1], position, cache)
         steps += 1
     timings = Timings(prefill_s=t1 - t0, decode_s=time.perf_counter() - t1, decode_steps=steps, batch=b)
     return list(zip(tokens, reasons)), timings

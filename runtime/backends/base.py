@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -48,8 +48,18 @@ class Backend(ABC):
         """One decoder run: (logits, the cache extended by the new positions).
 
         `attention_mask` [b, cache.length + s] int64 covers past and new positions; `position_ids` [b, s] int64.
-        Logits are float32 [b, V] for the last position with `last_only`, else [b, s, V].
+        Logits are float32 [b, V] for the last position with `last_only`, else [b, s, V]. They may be a view of
+        a buffer the backend reuses: valid until its next `decode` call (copy them to keep them longer).
         """
+
+    def token_stepper(self, cache: KVCache,
+                      attention_mask: np.ndarray) -> Callable[[Sequence[int]], np.ndarray] | None:
+        """An optional fast path for the decode steps after a prefill: a function that takes one token id per
+        sequence, runs one step and returns the last-position logits [b, V] float32 (valid until its next call),
+        keeping the cache itself. `cache` is the prefill's (the caller must not use it again); `attention_mask`
+        [b, capacity] int64 is the whole generation's mask, of which step n uses the first cache.length + n + 1
+        columns. None (the default): the caller steps through `embed` and `decode`."""
+        return None
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

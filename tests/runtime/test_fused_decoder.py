@@ -152,26 +152,76 @@ def test_fused_cache_grows_and_logits_are_last_only(tmp_path: Path):
         be.decode(x, np.ones((1, 5), np.int64), np.arange(5)[None], type(cache)(1, 0, ()))
 
 
-def test_shared_buffer_is_written_in_place_and_logits_survive_the_next_step(tmp_path: Path):
+def test_shared_buffer_is_written_in_place_and_logits_are_a_reused_view(tmp_path: Path):
     """With a shared key/value buffer the binding (and the preallocated logits it writes) is kept across steps;
-    each step's logits are the caller's own, not a view the next step overwrites."""
+    each step's logits are right when returned and are a view of that one buffer (valid until the next decode,
+    the Backend contract), so a step allocates and copies nothing."""
     bundle = load_bundle(bundle_with_fused(tmp_path / "b", {**FUSED, "kv_buffer": "shared"}))
     be = OrtBackend(bundle, OrtOptions(threads=1))
     hid, hd = bundle.spec.hidden_size, bundle.spec.head_dim
     x = np.random.default_rng(0).standard_normal((1, 7, hid)).astype(np.float32)
     cache = be.empty_cache(1, capacity=8)
     first, cache = be.decode(x[:, :5], np.ones((1, 5), np.int64), np.arange(5)[None], cache)
+    assert first.shape == (1, hid) and first.dtype == np.float32 and np.array_equal(first[0], x[0, 4])
     buffers, binding = cache.tensors, be._bound
     second, cache = be.decode(x[:, 5:6], np.ones((1, 6), np.int64), np.array([[5]]), cache)
+    assert np.array_equal(second[0], x[0, 5])
     third, cache = be.decode(x[:, 6:7], np.ones((1, 7), np.int64), np.array([[6]]), cache)
+    assert np.array_equal(third[0], x[0, 6]) and np.shares_memory(first, third)
     assert cache.tensors is buffers and be._bound is binding and be._bound[2] is not None
-    for logits, row in ((first, 4), (second, 5), (third, 6)):
-        assert logits.shape == (1, hid) and logits.dtype == np.float32 and np.array_equal(logits[0], x[0, row])
     stored = cache.tensors[0].numpy()
     assert stored.shape[2] == 8 and np.array_equal(stored[0, 0, :7], x[0, :, :hd])
     grown, cache = be.decode(x[:, :2], np.ones((1, 9), np.int64), np.array([[7, 8]]), cache)  # past capacity 8
     assert cache.length == 9 and cache.tensors[0].shape()[2] >= 9 and np.array_equal(grown[0], x[0, 1])
     assert np.array_equal(cache.tensors[0].numpy()[0, 0, :9], np.concatenate([x[0, :, :hd], x[0, :2, :hd]]))
+
+
+def _echo_backend(tmp_path: Path, kv_buffer: str) -> OrtBackend:
+    """A backend on the stand-in fused decoder whose embed graph is one-hot: token t's logits peak at t."""
+    bundle = load_bundle(bundle_with_fused(tmp_path / "b", {**FUSED, "kv_buffer": kv_buffer}))
+    be = OrtBackend(bundle, OrtOptions(threads=1))
+    hid = bundle.spec.hidden_size
+    eye = np.eye(hid, dtype=np.float32)
+    be._sessions["embed"] = type("OneHot", (), {"run": staticmethod(lambda names, feed: [eye[feed["input_ids"]]])})()
+    return be
+
+
+@pytest.mark.parametrize("kv_buffer", ["shared", "concat"])
+def test_token_stepper_gives_the_tokens_of_embed_and_decode(tmp_path: Path, kv_buffer: str, monkeypatch):
+    """decode_loop's fast path (a shared buffer's stepper) and the embed + decode path generate the same tokens;
+    with a concat buffer there is no stepper."""
+    be = _echo_backend(tmp_path, kv_buffer)
+    hid = be.bundle.spec.hidden_size
+    rng = np.random.default_rng(3)
+    prompt = rng.standard_normal((4, hid)).astype(np.float32)
+    config = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=2.0, seed=5)
+    made = []
+    original = be.token_stepper
+    monkeypatch.setattr(be, "token_stepper", lambda *a: made.append(original(*a)) or made[-1])
+    fast, _ = decode_loop(be, [prompt], config, eos_token_ids=(), pad_token_id=0)
+    assert (made[0] is not None) == (kv_buffer == "shared")
+    monkeypatch.setattr(be, "token_stepper", lambda *a: None)
+    slow, _ = decode_loop(be, [prompt], config, eos_token_ids=(), pad_token_id=0)
+    assert fast == slow and len(fast[0][0]) == 6
+
+
+def test_token_stepper_is_refused_or_stops_where_it_cannot_run(tmp_path: Path):
+    be = _echo_backend(tmp_path, "shared")
+    hid = be.bundle.spec.hidden_size
+    x = np.ones((1, 3, hid), np.float32)
+    assert be.token_stepper(be.empty_cache(1, capacity=5), np.ones((1, 5), np.int64)) is None  # nothing bound yet
+    _, cache = be.decode(x, np.ones((1, 3), np.int64), np.arange(3)[None], be.empty_cache(1, capacity=5))
+    assert be.token_stepper(cache, np.ones((1, 6), np.int64)) is None  # the mask outgrows the buffer
+    step = be.token_stepper(cache, np.ones((1, 5), np.int64))
+    assert int(np.argmax(step([2])[0])) == 2 and int(np.argmax(step([7])[0])) == 7
+    stored = cache.tensors[0].numpy()[0, 0]  # each step wrote its key at the position the mask's length gives
+    hd = be.bundle.spec.head_dim
+    assert np.array_equal(stored[3, :hd], np.eye(hid)[2, :hd]) and np.array_equal(stored[4, :hd], np.eye(hid)[7, :hd])
+    with pytest.raises(ValueError, match="room for 5 positions"):
+        step([1])
+    row = be.embed(np.array([[7]]))
+    with pytest.raises(ValueError, match="read-only"):
+        row[0, 0, 0] = 1.0  # a view of the embedding cache
 
 
 def test_all_position_logits_come_from_the_standard_decoder(tmp_path: Path):
