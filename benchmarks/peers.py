@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from runtime.bench import (Worker, WorkerError, floor_tokens_per_s, machine, ratio, read_bandwidth,  # noqa: E402
-                           run_interleaved, serve, summarise)
+from runtime.bench import (Worker, WorkerError, floor_tokens_per_s, machine, paired_ratio, ratio,  # noqa: E402
+                           read_bandwidth, run_interleaved, serve, summarise)
 
 QUESTIONS = (
     "Look at the kitchen in this description: a wooden table, two chairs, a bowl of apples, a kettle on the stove "
@@ -352,27 +352,33 @@ def main() -> None:
     def dec(name: str) -> dict[str, float] | None:
         return results.get(name, {}).get("decode_tok_s")
 
-    ratios = {}
+    ratios, paired = {}, {}
     ours = [n for n in results if n.startswith("ours ")]
     for n in ours:
         for peer in [p for p in results if p.startswith("onnxruntime-genai ") or p.startswith("llama.cpp")]:
             ratios[f"{n} / {peer}"] = ratio(dec(n), dec(peer))
+            paired[f"{n} / {peer}"] = paired_ratio(records[n], records[peer], "decode_tok_s")
     for n in ours:
         base = n.split(" fused")[0]
         if base != n and base in results:
             ratios[f"{n} / {base} (fused / standard decoder)"] = ratio(dec(n), dec(base))
     ratios["transformers folded / transformers"] = ratio(dec("transformers folded fp32"), dec("transformers fp32"))
     ratios["transformers+hooks / transformers"] = ratio(dec("transformers+hooks fp32"), dec("transformers fp32"))
-    print("\ndecode ratios (medians):")
+    print("\ndecode ratios (of the medians; paired: the median of run-by-run ratios, same round and prompt, with its"
+          " 95% interval, the runs' range and the share of runs ahead):")
     for k, v in ratios.items():
         if v is not None:
-            print(f"  {k}: {v:.2f}")
+            p = paired.get(k)
+            print(f"  {k}: {v:.2f}" + (f"; paired {p['median']:.2f} (95% CI {p['median_ci95_low']:.2f}-"
+                                      f"{p['median_ci95_high']:.2f}; runs {p['min']:.2f}-{p['max']:.2f}), ahead in "
+                                      f"{p['above_1']:.0%} of {p['n']} runs" if p else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": m,
                                          "bandwidth_gb_s": {"before": bandwidth, "after": bandwidth_after, "used": bw},
                                          "prompt_lengths": [len(p) for p in prompts], "results": results,
-                                         "missing": missing, "ratios": ratios, "elapsed_s": elapsed,
+                                         "missing": missing, "ratios": ratios, "paired_ratios": paired,
+                                         "elapsed_s": elapsed,
                                          "records": records}, indent=2))
 
 

@@ -1,6 +1,7 @@
 """Benchmark plumbing shared by benchmarks/decode_speed.py and benchmarks/peers.py (standard library + numpy).
 
-- `summary`: median, min, max and relative spread of repeated measurements;
+- `summary`: median, min, max and relative spread of repeated measurements; `paired_ratio`: the same over
+  run-by-run ratios of two runners measured side by side;
 - `rotation` / `run_interleaved`: warm-up rounds, then measured rounds in which every runner runs every prompt,
   the runners' order rotating each round, so a noisy host slows all of them alike;
 - `Worker` / `serve`: one runner per child process (its own peak RSS), driven over JSON lines. The child speaks
@@ -37,6 +38,30 @@ def ratio(a: Mapping[str, float] | None, b: Mapping[str, float] | None) -> float
     if not a or not b or not b.get("median"):
         return None
     return a["median"] / b["median"]
+
+
+def paired_ratio(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]],
+                 metric: str) -> dict[str, float] | None:
+    """Summary of the run-by-run ratios a/b of `metric`, pairing the i-th records of two runners of one
+    `run_interleaved` (same round, same prompt: the host's noise of that moment hits both), plus `above_1`, the
+    share of runs in which a was ahead. None when either side lacks the metric or the runs do not pair up."""
+    if not a or len(a) != len(b):
+        return None
+    pairs = [x[metric] / y[metric] for x, y in zip(a, b) if x.get(metric) and y.get(metric)]
+    if len(pairs) != len(a):
+        return None
+    lo, hi = median_interval(pairs)
+    return {**summary(pairs), "above_1": sum(p > 1 for p in pairs) / len(pairs), "median_ci95_low": lo,
+            "median_ci95_high": hi}
+
+
+def median_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Distribution-free ~95% confidence interval of the median: the order statistics a binomial(n, 1/2) count
+    puts 1.96 standard deviations either side of n/2 (normal approximation; the whole range below 6 values)."""
+    v, n = sorted(values), len(values)
+    half = 1.96 * (n ** 0.5) / 2
+    lo, hi = int((n / 2 - half) // 1), int(-((-(n / 2 + half)) // 1))  # floor / ceil, 1-based ranks
+    return v[max(lo, 1) - 1], v[min(hi, n) - 1]
 
 
 def rotation(names: Sequence[str], round_index: int) -> list[str]:

@@ -120,3 +120,26 @@ def test_machine_and_bandwidth_report_shapes():
     assert m["cores"] >= 1 and "cpu" in m
     bw = bench.read_bandwidth(mbytes=4, repeats=1)
     assert bw["best"] > 0 and set(bw) == {"dot", "sum", "best"}
+
+
+def test_paired_ratio_pairs_runs_of_the_same_round():
+    a = [{"decode_tok_s": 110.0}, {"decode_tok_s": 60.0}, {"decode_tok_s": 90.0}]
+    b = [{"decode_tok_s": 100.0}, {"decode_tok_s": 50.0}, {"decode_tok_s": 100.0}]  # a noisy host: round 2 slow
+    r = bench.paired_ratio(a, b, "decode_tok_s")
+    assert r["median"] == pytest.approx(1.1) and r["min"] == pytest.approx(0.9) and r["max"] == pytest.approx(1.2)
+    assert r["above_1"] == pytest.approx(2 / 3) and r["n"] == 3
+    assert bench.paired_ratio(a[:2], b, "decode_tok_s") is None  # runs that do not pair up
+    assert bench.paired_ratio(a, [{"prefill_ms": 1.0}] * 3, "decode_tok_s") is None
+
+
+def test_median_interval_brackets_the_median_and_narrows_with_more_runs():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(1.0, 0.1, 30), rng.normal(1.0, 0.1, 300)
+    for v in (small, large):
+        lo, hi = bench.median_interval(v)
+        assert lo <= np.median(v) <= hi
+    assert np.subtract(*bench.median_interval(large)[::-1]) < np.subtract(*bench.median_interval(small)[::-1])
+    assert bench.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # few runs: the whole range
+    # the interval covers the true median in about 95% of samples
+    hits = sum(lo <= 0 <= hi for lo, hi in (bench.median_interval(rng.standard_normal(40)) for _ in range(400)))
+    assert 0.9 < hits / 400 < 0.995
