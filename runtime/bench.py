@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -59,8 +60,8 @@ def median_interval(values: Sequence[float]) -> tuple[float, float]:
     """Distribution-free ~95% confidence interval of the median: the order statistics a binomial(n, 1/2) count
     puts 1.96 standard deviations either side of n/2 (normal approximation; the whole range below 6 values)."""
     v, n = sorted(values), len(values)
-    half = 1.96 * (n ** 0.5) / 2
-    lo, hi = int((n / 2 - half) // 1), int(-((-(n / 2 + half)) // 1))  # floor / ceil, 1-based ranks
+    half = 1.96 * math.sqrt(n) / 2
+    lo, hi = math.floor(n / 2 - half), math.ceil(n / 2 + half)  # 1-based ranks
     return v[max(lo, 1) - 1], v[min(hi, n) - 1]
 
 

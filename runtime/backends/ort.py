@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -105,6 +105,17 @@ def tensorrt_defaults(bundle: Bundle) -> dict[str, str]:
             "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(path)}
 
 
+class _Binding(NamedTuple):
+    """A fused decoder's IO binding kept from one step to the next: the shared key/value buffers it binds as
+    past and present, the preallocated last-position logits it writes (None when their shape is not fixed), and
+    the buffers' capacity in positions."""
+
+    tensors: tuple[Any, ...]
+    io: Any
+    logits: np.ndarray | None
+    capacity: int
+
+
 class OrtBackend(Backend):
     """A bundle's three graphs in ONNX Runtime sessions."""
 
@@ -147,8 +158,7 @@ class OrtBackend(Backend):
         self._kv_dtype = _NUMPY.get(types[past0], np.float32)
         # a fused decoder derives positions from the attention mask: a left-padded batch would be misread
         self.left_padding = not self.fused
-        # (shared KV buffers, the IO binding that holds them, the preallocated logits it writes or None, capacity)
-        self._bound: tuple[Any, Any, np.ndarray | None, int] | None = None
+        self._bound: _Binding | None = None  # the shared key/value buffers' binding, kept across steps
         self._fused_logits_row = self._last_logits_row() if self.fused else None
         self._embed_rows: dict[int, np.ndarray] = {}
         self._vision_dtype = _NUMPY.get({i.name: i.type for i in self._sessions["vision"].get_inputs()}
@@ -246,14 +256,10 @@ class OrtBackend(Backend):
         decode step usually skips a session run."""
         io = self.bundle.spec.embed
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        if ids.shape == (1, 1):  # the common decode step: a read-only view of the cached row, no copy
-            row = self._embed_rows.get(int(ids[0, 0]))
-            if row is not None:
-                return row[None, None]
-        elif ids.shape[1] == 1:
+        if ids.shape[1] == 1:
             rows = [self._embed_rows.get(int(t)) for t in ids[:, 0]]
             if all(r is not None for r in rows):
-                return np.stack(rows)[:, None]
+                return rows[0][None, None] if len(rows) == 1 else np.stack(rows)[:, None]
         out = self._sessions["embed"].run([io.output], {io.input: ids})[0]
         if out.ndim == 3 and out.shape[:2] == ids.shape and len(self._embed_rows) < _EMBED_CACHE_ROWS:
             for t, row in zip(ids.reshape(-1).tolist(), out.reshape(-1, out.shape[-1])):
@@ -327,17 +333,17 @@ class OrtBackend(Backend):
         written in place at positions [cache.length, cache.length + s) (grown first when too small)."""
         f = self.bundle.spec.fused_decoder
         b, s = inputs_embeds.shape[:2]
+        if len(cache.tensors) != len(self._fused_past):
+            raise ValueError("this cache was not made by the fused decoder (use backend.empty_cache)")
         session = self._sessions["fused_decoder"]
         tensors = cache.tensors
-        if len(tensors) != len(self._fused_past):
-            raise ValueError("this cache was not made by the fused decoder (use backend.empty_cache)")
         shared = f.kv_buffer == "shared"
         if shared and cache.length + s > tensors[0].shape()[2]:
             tensors = self._grow(tensors, cache.length + s)
         # with a shared buffer the binding is kept from one step to the next (the buffers do not move) and only the
         # embeddings and the mask are rebound; last-position logits go to a buffer bound once, so a step reads no
         # outputs back (io.get_outputs() would wrap every layer's key/value buffer in a new Python object)
-        if not shared or self._bound is None or self._bound[0] is not tensors:
+        if not shared or self._bound is None or self._bound.tensors is not tensors:
             io = session.io_binding()
             row = self._fused_logits_row if shared else None
             logits_buffer = None
@@ -350,14 +356,14 @@ class OrtBackend(Backend):
                 for past, present, value in zip(self._fused_past, self._fused_present, tensors):
                     io.bind_ortvalue_input(past, value)
                     io.bind_ortvalue_output(present, value)
-                self._bound = (tensors, io, logits_buffer, tensors[0].shape()[2])
+                self._bound = _Binding(tensors, io, logits_buffer, tensors[0].shape()[2])
             else:
                 for name, value in zip(self._fused_past, tensors):
                     io.bind_ortvalue_input(name, value)
                 for name in self._fused_present:
                     io.bind_output(name, self.device, self.device_id)
         else:
-            io, logits_buffer = self._bound[1], self._bound[2]
+            io, logits_buffer = self._bound.io, self._bound.logits
         io.bind_cpu_input(f.inputs_embeds, np.ascontiguousarray(inputs_embeds, dtype=self._embeds_dtype))
         io.bind_cpu_input(f.attention_mask, np.ascontiguousarray(attention_mask, dtype=np.int64))
         session.run_with_iobinding(io)
@@ -378,12 +384,12 @@ class OrtBackend(Backend):
         prefill bound a shared buffer with room for the whole mask."""
         bound = self._bound
         mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-        if (bound is None or bound[0] is not cache.tensors or bound[2] is None or mask.shape[1] > bound[3]
-                or mask.shape[0] != cache.batch or cache.length >= mask.shape[1]):
+        if (bound is None or bound.tensors is not cache.tensors or bound.logits is None
+                or mask.shape[1] > bound.capacity or mask.shape[0] != cache.batch or cache.length >= mask.shape[1]):
             return None
         f = self.bundle.spec.fused_decoder
-        session, io, rows, dtype = self._sessions["fused_decoder"], bound[1], self._embed_rows, self._embeds_dtype
-        logits = self._last_logits(bound[2])
+        session, io, rows, dtype = self._sessions["fused_decoder"], bound.io, self._embed_rows, self._embeds_dtype
+        logits = self._last_logits(bound.logits)
         capacity, length = mask.shape[1], cache.length
 
         def step(token_ids: Sequence[int]) -> np.ndarray:

@@ -168,7 +168,7 @@ def test_shared_buffer_is_written_in_place_and_logits_are_a_reused_view(tmp_path
     assert np.array_equal(second[0], x[0, 5])
     third, cache = be.decode(x[:, 6:7], np.ones((1, 7), np.int64), np.array([[6]]), cache)
     assert np.array_equal(third[0], x[0, 6]) and np.shares_memory(first, third)
-    assert cache.tensors is buffers and be._bound is binding and be._bound[2] is not None
+    assert cache.tensors is buffers and be._bound is binding and be._bound.logits is not None
     stored = cache.tensors[0].numpy()
     assert stored.shape[2] == 8 and np.array_equal(stored[0, 0, :7], x[0, :, :hd])
     grown, cache = be.decode(x[:, :2], np.ones((1, 9), np.int64), np.array([[7, 8]]), cache)  # past capacity 8
