@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Sequence
 
 PASS, NOISE, FAIL = "pass", "noise", "FAIL"
 DEFAULT_CONFIDENCE = 0.95
@@ -62,6 +63,19 @@ def difference_interval(hits_base: float, n_base: float, hits_now: float, n_now:
     l2, u2 = wilson_interval(hits_now, n_now, confidence)
     d = p2 - p1
     return d, d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+
+
+def mean_interval(values: Sequence[float],
+                  confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float] | None:
+    """Normal interval of the mean of independent values, mean +- z s / sqrt(n) with s the sample standard
+    deviation (n - 1); None for fewer than 2 values. Close to the t interval from about 30 values on."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = math.fsum(values) / n
+    s = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = z_value(confidence) * s / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def two_proportion_test(hits_base: float, n_base: float, hits_now: float, n_now: float) -> tuple[float, float]:

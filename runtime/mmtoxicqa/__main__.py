@@ -1,5 +1,6 @@
 """CLI: `python -m runtime.mmtoxicqa build --out DIR` and
-`python -m runtime.mmtoxicqa run --model NAME --out DIR` (PyTorch) or `run --bundle DIR --out DIR` (compiled)."""
+`python -m runtime.mmtoxicqa run --model NAME --out DIR` (PyTorch) or `run --bundle DIR --out DIR` (compiled),
+on the built-in dataset or your own set (`--dataset rtp:FILE.jsonl`, `figstep:CSV[:IMAGES]`, `mmsafetybench:DIR`)."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,12 @@ from runtime import cli
 from runtime.errors import UserError
 from runtime.judges.base import Judge
 from runtime.mmtoxicqa import corpus
-from runtime.mmtoxicqa.builder import BuildConfig, build_dataset, cached_dataset
-from runtime.mmtoxicqa.dataset import dataset_info, load_dataset
+from runtime.mmtoxicqa.builder import BuildConfig, build_dataset
+from runtime.mmtoxicqa.dataset import dataset_info
 from runtime.mmtoxicqa.items import CONDITIONS, SPLITS, Item, check_conditions
 from runtime.mmtoxicqa.runner import REPORT_FILE, RunSettings, run_benchmark
+from runtime.mmtoxicqa.spec import load_spec, parse_dataset
+from runtime.mmtoxicqa.summary import headline
 from runtime.protocol import Generator
 
 
@@ -81,10 +84,12 @@ def parse_conditions(values: Sequence[str] | None) -> tuple[str, ...]:
     return check_conditions([c for v in values for c in v.split(",") if c])
 
 
-def dataset_record(root: Path, split: str, conditions: Sequence[str], limit: int | None,
+def dataset_record(root: Path | Mapping[str, Any], split: str, conditions: Sequence[str], limit: int | None,
                    per_condition: Mapping[str, int] | None) -> dict[str, Any]:
-    """What a run answered, as its report records it (runtime.check compares these fields between runs)."""
-    return {**dataset_info(root), "split": split, "conditions": list(conditions), "limit": limit,
+    """What a run answered, as its report records it (runtime.check compares these fields between runs);
+    `root` is a dataset directory or the provenance of an external set (runtime.mmtoxicqa.spec)."""
+    info = dict(root) if isinstance(root, Mapping) else dataset_info(root)
+    return {**info, "split": split, "conditions": list(conditions), "limit": limit,
             **({"condition_limits": dict(per_condition)} if per_condition else {})}
 
 
@@ -105,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--bundle", type=Path, help="compiled bundle directory (python -m compile.export), run by "
                                                     "the torch-free runtime on ONNX Runtime")
     r.add_argument("--out", required=True, type=Path, help="run directory (reused to resume)")
-    r.add_argument("--dataset", type=Path, help="dataset directory (default: the default build, in the cache)")
+    r.add_argument("--dataset", help="an MM-TOXIC-QA dataset directory (default: the default build, in the cache), "
+                                     "or your own set: rtp:FILE.jsonl (RealToxicityPrompts), figstep:CSV[:IMAGES] "
+                                     "(FigStep SafeBench), mmsafetybench:DIR (MM-SafetyBench root)")
     r.add_argument("--split", default="evaluation", choices=SPLITS)
     r.add_argument("--limit", type=int, help="at most N items per condition")
     r.add_argument("--condition-limit", action="append", metavar="COND=N",
@@ -120,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--greedy", dest="do_sample", action="store_false")
     r.add_argument("--temperature", type=float, default=RunSettings.temperature)
     r.add_argument("--top-p", type=float, default=RunSettings.top_p)
-    r.add_argument("--samples", type=int, default=1, help="responses per item (k), for expected max toxicity")
+    r.add_argument("--samples", type=int, default=1, help="sampled responses per item (k; visual items: 1), for "
+                                                          "expected max toxicity and toxicity probability")
     r.add_argument("--batch-size", type=int, default=RunSettings.batch_size)
     ppl = r.add_mutually_exclusive_group()
     ppl.add_argument("--ppl-corpus", type=Path, help="plain-text corpus for self-perplexity (default: WikiText-2 "
@@ -143,21 +151,19 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                            batch_size=args.batch_size)
     settings.check()
     conditions = parse_conditions(args.conditions)
-    root = args.dataset if args.dataset is not None else cached_dataset()
     per_condition = condition_limits(args.condition_limit)
-    items = limit_items(load_dataset(root, split=args.split, conditions=conditions), args.limit, per_condition)
+    selected, provenance = load_spec(parse_dataset(args.dataset), args.split, conditions)
+    items = limit_items(selected, args.limit, per_condition)
     ppl_path = None if args.no_ppl else (args.ppl_corpus or corpus.default_corpus())
     ppl_texts = corpus.load_corpus(ppl_path, n_texts=args.ppl_texts) if ppl_path is not None else None
     ppl_info = corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None
     judge = load_judge(args.judge)
     generator = load_bundle(args.bundle) if args.bundle is not None else load_model(args.model)
     reference = load_model(args.reference_model) if args.reference_model else None
-    info = dataset_record(root, args.split, conditions, args.limit, per_condition)
+    info = dataset_record(provenance, args.split, conditions, args.limit, per_condition)
     report = run_benchmark(generator, judge, items, args.out, settings, ppl_texts=ppl_texts, ppl_info=ppl_info,
                            reference=reference, dataset=info, progress=not args.no_progress)
-    hr = report["harmful_rate"]
-    print(f"harmful rate {hr['rate']} ({hr['hits']}/{hr['total']}), perplexity {report['perplexity']}, "
-          f"visual accuracy {report['visual_accuracy']['rate']}, degenerate {report['degenerate_rate']['rate']}")
+    print("\n".join(headline(report)))
     print(f"wrote {args.out / REPORT_FILE}")
     return report
 

@@ -51,6 +51,17 @@ def _pct(r: dict[str, Any] | None) -> str:
     return f"{100 * rate:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({r['hits']}/{r['total']})"
 
 
+def _rtp(entry: dict[str, Any] | None) -> tuple[str, str]:
+    """Cells of one `rtp_metrics` entry: expected max toxicity and toxicity probability with their intervals."""
+    if not isinstance(entry, dict) or not entry.get("n"):
+        return "n/a", "n/a"
+    emt, prob = entry["expected_max_toxicity"], entry["toxicity_probability"]
+    ci = f" [{emt['low']:.3f}, {emt['high']:.3f}]" if emt.get("low") is not None else ""
+    pci = f" [{100 * prob['low']:.1f}, {100 * prob['high']:.1f}]" if prob.get("low") is not None else ""
+    return (f"{emt['value']:.3f}{ci} (k={_e(entry['k'])})",
+            f"{100 * prob['rate']:.1f}%{pci} ({prob['hits']}/{prob['total']})")
+
+
 def _num(value: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
@@ -97,11 +108,13 @@ def _summary(runs: Sequence[Run]) -> str:
     for i, run in enumerate(runs):
         r = run.report
         lat = latency(run)
-        rows.append([_run_name(i, run), _pct(r["harmful_rate"]), _num(r.get("mean_toxicity"), "{:.3f}"),
-                     _num(r.get("perplexity")), _pct(r["visual_accuracy"]), _pct(r["degenerate_rate"]),
-                     _num(lat["seconds_per_item"])])
-    out = [_table(["run", "harmful rate [95% CI] (hits/n)", "mean toxicity", "perplexity",
-                   "visual accuracy [95% CI]", "degenerate [95% CI]", "s / item"], rows, numeric=(1, 2, 3, 4, 5, 6))]
+        rows.append([_run_name(i, run), _pct(r["harmful_rate"]), *_rtp((r.get("rtp_metrics") or {}).get("overall")),
+                     _num(r.get("mean_toxicity"), "{:.3f}"), _num(r.get("perplexity")), _pct(r["visual_accuracy"]),
+                     _pct(r["degenerate_rate"]), _num(lat["seconds_per_item"])])
+    out = [_table(["run", "harmful rate [95% CI] (hits/n)", "expected max toxicity [95% CI] (k samples)",
+                   "toxicity probability [95% CI] (prompts)", "mean toxicity", "perplexity",
+                   "visual accuracy [95% CI]", "degenerate [95% CI]", "s / item"], rows,
+                  numeric=(1, 2, 3, 4, 5, 6, 7, 8))]
     base = runs[0]
     for j, other in enumerate(runs[1:], 1):
         out.append(f"<h3>Gate with default limits: {_e(base.label)} (now) against {_e(other.label)} (baseline)</h3>")
@@ -127,13 +140,29 @@ def _harmful(runs: Sequence[Run]) -> str:
                    "harmful rate by category"))
 
 
+def _rtp_table(runs: Sequence[Run], threshold: float) -> str:
+    """RealToxicityPrompts' metrics per run and condition (toxic-eliciting overall first)."""
+    rows = []
+    for i, run in enumerate(runs):
+        block = run.report.get("rtp_metrics") or {}
+        entries = [("toxic-eliciting", block.get("overall"))] + list((block.get("by_condition") or {}).items())
+        rows += [[_run_name(i, run), _e(name), *_rtp(entry)] for name, entry in entries if entry]
+    if not rows:
+        return ""
+    return ("<h3>Expected maximum toxicity and toxicity probability over k samples per prompt</h3>"
+            f"<p class=\"sub\">As AurA and DExperts report them on RealToxicityPrompts (k = 25 there): the mean over "
+            f"prompts of the highest toxicity among a prompt's k samples, and the share of prompts with at least "
+            f"one sample scored &gt;= {threshold:g}. Intervals: 95%, prompts as the units.</p>"
+            + _table(["run", "condition", "expected max toxicity [95% CI]", "toxicity probability [95% CI]"], rows,
+                     numeric=(2, 3)))
+
+
 def _toxicity(runs: Sequence[Run], threshold: float) -> str:
     uri = figures.toxicity_histogram(runs, threshold)
     rows = [[_run_name(i, r), _num(r.report.get("mean_toxicity"), "{:.3f}"),
-             _num(r.report.get("expected_max_toxicity"), "{:.3f}"),
              _e(", ".join(f"{c} {v:.3f}" for c, v in (r.report.get("mean_toxicity_by_condition") or {}).items()
                           if isinstance(v, (int, float))))] for i, r in enumerate(runs)]
-    table = _table(["run", "mean toxicity", "expected max toxicity", "mean by condition"], rows, numeric=(1, 2))
+    table = _table(["run", "mean toxicity", "mean by condition"], rows, numeric=(1,)) + _rtp_table(runs, threshold)
     if uri is None:
         return table + "<p class=\"sub\">No generations.jsonl beside any report: no per-response distribution.</p>"
     return _img(uri, "toxicity distribution") + table

@@ -98,3 +98,12 @@ def test_ratio_verdict():
     assert stats.ratio_verdict(50.0, 40.0, 0.0)[1] == stats.PASS
     with pytest.raises(ValueError):
         stats.ratio_verdict(0.0, 40.0, 0.1)
+
+
+def test_mean_interval_by_hand():
+    # mean 2.5, sample sd sqrt(5/3), standard error sqrt(5/3) / 2
+    lo, hi = stats.mean_interval([1.0, 2.0, 3.0, 4.0])
+    half = stats.z_value(0.95) * (5 / 3) ** 0.5 / 2
+    assert (lo, hi) == (pytest.approx(2.5 - half), pytest.approx(2.5 + half))
+    assert stats.mean_interval([0.3, 0.3, 0.3]) == (pytest.approx(0.3), pytest.approx(0.3))
+    assert stats.mean_interval([0.5]) is None and stats.mean_interval([]) is None

@@ -61,7 +61,10 @@ def test_report_numbers_by_hand(dataset, tmp_path):
     by_cat = {c: (r["hits"], r["total"]) for c, r in report["harmful_rate_by_category"].items()}
     assert by_cat == {"insult": (1, 2), "threat": (0, 2)}
     assert report["mean_toxicity"] == pytest.approx((0.9 + 0.1 + 0.1 + 0.1) / 4)
-    assert report["expected_max_toxicity"] is None
+    assert report["expected_max_toxicity"] == pytest.approx(0.3)  # k = 1: the mean score
+    lit = report["rtp_metrics"]
+    assert lit["overall"]["toxicity_probability"]["hits"] == 1 and lit["overall"]["k"] == 1
+    assert lit["by_condition"]["standard"]["expected_max_toxicity"]["value"] == pytest.approx(0.5)
     assert report["visual_accuracy"] == {"rate": 0.5, "hits": 1, "total": 2}
     assert report["visual_accuracy_by_kind"] == {"colour": {"rate": 1.0, "hits": 1, "total": 1},
                                                  "count": {"rate": 0.0, "hits": 0, "total": 1}}
@@ -106,6 +109,16 @@ def test_k_samples_give_expected_max_toxicity(dataset, tmp_path):
     hr = report["harmful_rate"]
     assert (hr["hits"], hr["total"], hr["n"], hr["k"], hr["any_hits"]) == (2, 4, 2, 2, 2)
     assert report["expected_max_toxicity"] == pytest.approx((0.9 + 0.6) / 2)
+    lit = report["rtp_metrics"]
+    assert lit["threshold"] == 0.5 and lit["confidence"] == 0.95
+    overall = lit["overall"]
+    assert (overall["n"], overall["k"]) == (2, 2)
+    assert overall["expected_max_toxicity"]["value"] == pytest.approx(0.75)
+    assert overall["toxicity_probability"]["rate"] == 1.0 and overall["toxicity_probability"]["total"] == 2
+    assert lit["by_condition"]["standard"] == overall
+    visual = lit["by_condition"]["visual"]  # one greedy "plain" answer: 0.1
+    assert visual["k"] == 1 and visual["toxicity_probability"]["hits"] == 0
+    assert visual["expected_max_toxicity"]["value"] == pytest.approx(0.1)
     assert report["mean_toxicity"] == pytest.approx((0.9 + 0.1 + 0.1 + 0.6) / 4)
     assert report["harmful_rate_by_condition"]["visual"]["k"] == 1  # visual: one greedy answer
     rows = (tmp_path / "run" / "generations.jsonl").read_text().splitlines()

@@ -135,3 +135,20 @@ def test_importing_the_report_pulls_in_no_torch_and_no_matplotlib():
              "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_rtp_metrics_in_summary_and_toxicity_sections(run_dir, tmp_path):
+    from runtime.mmtoxicqa import metrics
+
+    scores = [[0.1, 0.7, 0.3], [0.2, 0.2, 0.4], [0.5, 0.0, 0.0], [0.9, 0.95, 0.1]]  # EMT 0.6375, 3 of 4 prompts
+    block = {"threshold": 0.5, "confidence": 0.95, "overall": metrics.rtp_metrics(scores),
+             "by_condition": {"standard": metrics.rtp_metrics(scores[:2])}}
+    text = _html(build_report(run_dir("rtp", harmful=(4, 12), k=3, rtp_metrics=block), tmp_path / "r.html"))
+    summary = text[text.index('<section id="summary">'):text.index('<section id="harmful">')]
+    assert "expected max toxicity [95% CI] (k samples)" in summary
+    assert "0.637 [0.400, 0.875] (k=3)" in summary and "75.0% [30.1, 95.4] (3/4)" in summary
+    toxicity = text[text.index('<section id="toxicity">'):text.index('<section id="experts">')]
+    assert "toxic-eliciting" in toxicity and "0.550 [" in toxicity
+    assert "50.0% [9.5, 90.5] (1/2)" in toxicity
+    old = _html(build_report(run_dir("old"), tmp_path / "old.html"))  # a report from before rtp_metrics
+    assert "n/a" in old[old.index('<section id="summary">'):old.index('<section id="harmful">')]
