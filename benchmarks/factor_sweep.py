@@ -14,7 +14,8 @@ disjoint from the calibration split the AUROCs came from. Run directories are re
 
 Prints and writes (--out/sweep.md, sweep.json, and sweep.png when matplotlib is present): units suppressed,
 harmful rate per toxic condition and overall with its 95% Wilson interval, the ratio to the baseline, mean
-toxicity, self-perplexity on WikiText-2 and its change, visual accuracy, degenerate-output rate.
+toxicity, self-perplexity on the neutral corpus ($SGM_PPL_CORPUS, else the packaged one) and its change, visual
+accuracy, degenerate-output rate.
 """
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     ax.set_xscale("log")
-    ax.set_xlabel("self-perplexity on WikiText-2 (log)")
+    ax.set_xlabel("self-perplexity on the neutral corpus (log)")
     ax.set_ylabel("harmful rate, toxic conditions (%)")
     ax.set_title("factor variants: toxicity vs fluency")
     fig.tight_layout()
@@ -187,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ppl-texts", type=int, help="WikiText-2 paragraphs for self-perplexity (default: the runner's)")
+    p.add_argument("--ppl-texts", type=int, help="corpus paragraphs for self-perplexity (default: the runner's)")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -227,8 +228,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     conditions = parse_conditions([args.conditions] if args.conditions else None)
     items = limit_items(load_dataset(root, split=args.split, conditions=conditions), args.limit, per_condition)
     ppl_path = corpus.default_corpus()
-    if ppl_path is None:
-        raise UserError(f"no WikiText-2 corpus found for self-perplexity; set ${corpus.CORPUS_ENV}")
     ppl_texts = corpus.load_corpus(ppl_path, **({"n_texts": args.ppl_texts} if args.ppl_texts else {}))
     ppl_info = corpus.corpus_info(ppl_path, ppl_texts)
     settings = RunSettings(max_new_tokens=args.max_new_tokens, samples=args.samples, batch_size=args.batch_size,

@@ -78,11 +78,11 @@ def evaluate(name: str, path: Path, out: Path, limit: int | None, per_condition:
     root = cached_dataset()
     items = limit_items(load_dataset(root, split="evaluation"), limit, per_condition)
     ppl_path = corpus.default_corpus()
-    ppl_texts = corpus.load_corpus(ppl_path) if ppl_path is not None else None
+    ppl_texts = corpus.load_corpus(ppl_path)
     gen = BundleGenerator.open(path, threads=threads)
     info = dataset_record(root, "evaluation", CONDITIONS, limit, per_condition)
     return run_benchmark(gen, load_judge(), items, run_dir, RunSettings(batch_size=batch_size), ppl_texts=ppl_texts,
-                         ppl_info=corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None,
+                         ppl_info=corpus.corpus_info(ppl_path, ppl_texts),
                          dataset=info, progress=False)
 
 

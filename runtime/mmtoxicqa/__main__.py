@@ -131,8 +131,8 @@ def _parser() -> argparse.ArgumentParser:
                                                           "expected max toxicity and toxicity probability")
     r.add_argument("--batch-size", type=int, default=RunSettings.batch_size)
     ppl = r.add_mutually_exclusive_group()
-    ppl.add_argument("--ppl-corpus", type=Path, help="plain-text corpus for self-perplexity (default: WikiText-2 "
-                                                     f"if found, or ${corpus.CORPUS_ENV})")
+    ppl.add_argument("--ppl-corpus", type=Path, help="plain-text corpus for self-perplexity (default: "
+                                                     f"${corpus.CORPUS_ENV}, else the packaged Wikipedia corpus)")
     ppl.add_argument("--no-ppl", action="store_true", help="skip self-perplexity")
     r.add_argument("--ppl-texts", type=int, default=corpus.N_TEXTS, help="paragraphs of the corpus to score")
     r.add_argument("--reference-model", help="model zoo name whose perplexity of the responses is reported")
