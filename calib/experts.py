@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from calib.factors import DEFAULT_TOP_FRACTION, FactorSpec, factors_by_key, spec_from_dict
-from runtime.artifacts import atomic_dir, read_manifest, write_manifest
+from runtime.artifacts import atomic_dir, check_output, read_manifest, write_manifest
 from runtime.errors import UserError
 
 KIND = "sgm-experts"
@@ -334,6 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                damp_alpha=args.damp_alpha)
 
         spec = spec_with(1 if capped else args.top_k)  # validates every parameter before anything loads
+        text_set = args.calib.split(":", 1)[1] if ":" in args.calib else None
+        check_output(args.out, [args.model, args.auroc_from, args.dataset, args.responses, text_set, args.work_dir],
+                     kind=KIND)
+        if args.responses:
+            check_output(args.responses, [args.model, args.dataset, text_set], directory=False, flag="--responses")
         if Path(args.out).exists() and not args.overwrite:
             raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
         from calib.models import load_model

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from calib.factors import DEFAULT_TOP_FRACTION
 from runtime import cli
-from runtime.artifacts import MANIFEST, read_manifest, sha256_file, sha256_json
+from runtime.artifacts import MANIFEST, check_output, read_manifest, sha256_file, sha256_json
 from runtime.errors import UserError
 
 BUILD_FILE = "build.json"
@@ -289,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if not 0.0 <= args.top_fraction < 1.0:
         raise UserError(f"--top-fraction must be in [0, 1), got {args.top_fraction}")
+    if args.out is not None:
+        check_output(args.out, [args.model, args.experts])
     if args.fused:
         check_fused_options(args)
     model_type, location = resolve(args.model)

@@ -20,7 +20,7 @@ from calib.models.base import IMAGE_PLACEHOLDER, MultimodalModel
 from compile.export import DEFAULT_OPSET, export_graphs, package_versions, validate_graphs
 from compile.export.parts import DECODER, EMBED, VISION, head_dim, text_config
 from compile.export.validate import CHECK_QUESTIONS
-from runtime.artifacts import MANIFEST, atomic_dir, read_manifest, sha256_file, write_manifest
+from runtime.artifacts import MANIFEST, atomic_dir, check_output, read_manifest, sha256_file, write_manifest
 from runtime.errors import UserError
 
 KIND = "sgm-bundle"
@@ -132,7 +132,7 @@ def export_bundle(model_name_or_path: str, out_dir: str | os.PathLike, opset: in
                   overwrite: bool = False) -> dict[str, Any]:
     """Export a model (zoo name or directory, typically a folded checkpoint) to a validated bundle; returns
     the manifest. Nothing is left at `out_dir` unless every graph passes its check against PyTorch."""
-    out = Path(out_dir)
+    out = check_output(out_dir, [model_name_or_path], kind=KIND)
     replace = _prepare_out(out, overwrite)
     model_type, location = resolve(model_name_or_path)
     model = load_model(model_name_or_path)

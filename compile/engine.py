@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runtime import cli
-from runtime.artifacts import MANIFEST, atomic_dir, sha256_file, write_manifest
+from runtime.artifacts import MANIFEST, atomic_dir, check_output, sha256_file, write_manifest
 from runtime.backends.trt import (ENGINE_SUFFIX, ENGINES_FORMAT_VERSION, ENGINES_KIND, GRAPH_ORDER,
                                   import_tensorrt, trt_logger, trt_version)
 from runtime.bundle import Bundle, BundleSpec, load_bundle
@@ -208,6 +208,7 @@ def device_info(cuda: Any, device: int) -> dict[str, Any]:
 def build_engines(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, options: BuildOptions = BuildOptions(),
                   overwrite: bool = False, trt: Any = None, cuda: Any = None) -> dict[str, Any]:
     """Build the three engines of a bundle into `out_dir` (atomically); returns the engines manifest."""
+    check_output(out_dir, [bundle_dir], kind=ENGINES_KIND)
     bundle = load_bundle(bundle_dir)
     options.check()
     profiles = graph_profiles(bundle.spec, options.limits)

@@ -28,7 +28,7 @@ from calib.intervention import row_scales, suppress
 from calib.models import load_model, resolve
 from calib.models.base import MultimodalModel
 from runtime import cli
-from runtime.artifacts import MANIFEST, atomic_dir, read_manifest, sha256_file, write_manifest
+from runtime.artifacts import MANIFEST, atomic_dir, check_output, read_manifest, sha256_file, write_manifest
 from runtime.errors import UserError
 
 KIND = "sgm-detoxified"
@@ -186,7 +186,7 @@ def fold_to_dir(model_name_or_path: str, experts_dir: str | Path, out_dir: str |
     Refuses a model that is already folded, an experts artifact made for another model, and a fold that
     does not reproduce the hooks within `tolerance` (max |dlogit| on the check batch), writing nothing.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_output(out_dir, [model_name_or_path, experts_dir], kind=KIND)
     if out_dir.exists():
         raise UserError(f"{out_dir} already exists; choose another output directory or remove it first")
     model_type, location = resolve(model_name_or_path)

@@ -361,7 +361,8 @@ def gguf_bundle(bundle_dir: str | os.PathLike, gguf_path: str | os.PathLike, out
         return agreement(BundleGenerator.open(bundle_dir, threads=threads), BundleGenerator.open(tmp, threads=threads),
                          check_items()).to_dict()
 
-    return derive_bundle(bundle_dir, out_dir, transform, overwrite=overwrite, after=measure if check else None)
+    return derive_bundle(bundle_dir, out_dir, transform, overwrite=overwrite, after=measure if check else None,
+                         inputs=[gguf_path])
 
 
 def folded_row_scales(src: Bundle) -> dict[str, np.ndarray] | None:

@@ -31,7 +31,7 @@ import onnx
 
 from compile.engine import DTYPE_BYTES, kv_bytes_per_token
 from runtime import cli
-from runtime.artifacts import MANIFEST, atomic_dir, sha256_file, write_manifest
+from runtime.artifacts import MANIFEST, atomic_dir, check_output, sha256_file, write_manifest
 from runtime.bundle import Bundle, load_bundle
 from runtime.errors import UserError
 
@@ -254,6 +254,7 @@ def jetson_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ove
 
     `max_prompt` (the engines' longest prefill) defaults to the longest shipped evaluation prompt, rounded up
     to 256 positions (MM-TOXIC-QA's jailbreak templates run past 1000 tokens)."""
+    check_output(out_dir, [bundle_dir, dataset], kind=KIND)
     bundle = load_bundle(bundle_dir)
     check_tensorrt_parsable(bundle)
     from runtime.judges.jigsaw_bilstm import converted as judge_dir

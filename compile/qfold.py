@@ -169,7 +169,7 @@ def qfold_bundle(bundle_dir: str | Path, experts_dir: str | Path, out_dir: str |
                                   "manifest_sha256": sha256_file(Path(experts_dir) / MANIFEST),
                                   "model": dict(experts.model), "method": experts.spec.to_dict()}}}
 
-    return derive_bundle(bundle_dir, out_dir, transform, overwrite=overwrite)
+    return derive_bundle(bundle_dir, out_dir, transform, overwrite=overwrite, inputs=[experts_dir])
 
 
 def parser() -> argparse.ArgumentParser:

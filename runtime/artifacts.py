@@ -12,13 +12,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from runtime.errors import UserError
 
 MANIFEST = "manifest.json"
 
 
+_SNIFF_BYTES = 64 << 20  # JSON files up to this size are read to see whether they name their format
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, streamed."""
     h = hashlib.sha256()
@@ -82,3 +83,96 @@ def read_manifest(directory: str | os.PathLike, verify: bool = True) -> dict:
             if sha256_file(f) != digest:
                 raise UserError(f"{directory}: {rel} does not match its sha256 in {MANIFEST} (modified or corrupt); rebuild the artifact")
     return manifest
+
+
+def artifact_kind(path: str | os.PathLike) -> str | None:
+    """What product artifact an existing file belongs to, in words, or None for a plain file: a manifest, a file
+    listed in the manifest of a directory above it, or a JSON object that names its "format" or "kind"."""
+    path = Path(path).absolute()
+    if not path.is_file():
+        return None
+    if path.name == MANIFEST:
+        return f"the manifest of {path.parent}"
+    for parent in path.parents:
+        if (parent / MANIFEST).is_file():
+            try:
+                manifest = json.loads((parent / MANIFEST).read_text())
+            except (OSError, ValueError):
+                break
+            if isinstance(manifest, dict) and path.relative_to(parent).as_posix() in (manifest.get("files") or {}):
+                return f"part of the {manifest.get('kind')!r} artifact {parent}"
+            break
+    if path.suffix == ".json" and path.stat().st_size <= _SNIFF_BYTES:
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        named = obj.get("format") or obj.get("kind") if isinstance(obj, dict) else None
+        if isinstance(named, str):
+            return f"a {named!r} file"
+    return None
+
+
+def _overlap(out: Path, src: Path, directory: bool) -> bool:
+    if out == src or (out.exists() and src.exists() and os.path.samefile(out, src)):
+        return True
+    return directory and (src in out.parents or out in src.parents)
+
+
+def _writable(path: Path, flag: str) -> None:
+    """Refuse a path that cannot be created or written: the nearest existing directory above must be writable."""
+    place = path.parent
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise UserError(f"{flag} {path} cannot be created: {place} is a file, not a directory; choose another path")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} cannot be written: no write permission in {place}; choose a writable place")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} cannot be written: no write permission in it; choose a writable place")
+
+
+def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *, directory: bool = True,
+                 kind: str | None = None, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output that would destroy what the command reads or another artifact, or that
+    cannot be written; returns the output path.
+
+    - it must not be an input (for a directory: nor lie inside one, nor hold one), so nothing read is overwritten;
+    - a file must not be a directory, nor belong to an artifact (`artifact_kind`): a manifest, a file listed in
+      one, or a JSON file that names its format, such as an MM-TOXIC-QA report;
+    - a directory must not be a file, and when it exists and holds files, they must be an artifact of `kind`
+      (when given: other kinds, or foreign files, are never replaced);
+    - the nearest existing directory above it must be writable (atomic writes make a sibling there).
+    """
+    path = Path(out).expanduser()
+    target = path.absolute()
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).expanduser().absolute()
+        if not src.exists():  # a model name, or an input the command will refuse as missing
+            continue
+        if _overlap(target.resolve(), src.resolve(), directory):
+            raise UserError(f"{flag} {path} would overwrite the input {given}, which this command reads; "
+                            f"choose another {flag}")
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{flag} {path} is a file; {flag} must be a directory")
+        if kind is not None and path.is_dir() and any(path.iterdir()):
+            have = None
+            if (path / MANIFEST).is_file():
+                try:
+                    have = json.loads((path / MANIFEST).read_text()).get("kind")
+                except (OSError, ValueError, AttributeError):
+                    have = None
+            if have != kind:
+                what = f"a {have!r} artifact, not a {kind!r} one" if have else f"other files, not a {kind!r} artifact"
+                raise UserError(f"{flag} {path} holds {what}; writing there would destroy them: choose another {flag}")
+    else:
+        if path.is_dir():
+            raise UserError(f"{flag} {path} is a directory; pass a file name")
+        belongs = artifact_kind(path)
+        if belongs is not None:
+            raise UserError(f"{flag} {path} is {belongs}; writing over it would destroy it: choose another file")
+    _writable(target, flag)
+    return path

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runtime import cli, stats
+from runtime.artifacts import check_output
 from runtime.errors import UserError
 from runtime.report.compat import mismatches, perplexity_mismatch
 from runtime.report.load import Run, load_run
@@ -189,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not 0.5 <= args.confidence < 1.0:
         raise UserError(f"--confidence must lie in [0.5, 1), got {args.confidence}")
+    if args.json is not None:
+        check_output(args.json, [args.report, args.baseline], directory=False, flag="--json")
     base = load_run(args.baseline, with_rows=False)
     now = load_run(args.report, with_rows=False)
     checks = gate(base, now, args.max_harmful_increase, args.max_ppl_increase, args.max_visual_drop,

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from runtime import cli
+from runtime.artifacts import check_output
 from runtime.errors import UserError
 from runtime.judges import DEFAULT_JUDGE, KNOWN_JUDGES, load_judge
 from runtime.judges.jsonl import read_jsonl, text_field, write_jsonl_atomic, write_text_atomic
@@ -38,6 +40,7 @@ def score_file(input_path: str, field: str, out: str, judge_name: str = DEFAULT_
     """Judge the text at `field` of every line of `input_path`; write `out`; return the number of records."""
     from tqdm import tqdm
 
+    check_output(out, [input_path], directory=False)
     rows = read_jsonl(input_path)
     if not rows:
         raise UserError(f"{input_path} holds no records; pass a JSON-lines file with one object per line")
@@ -110,25 +113,25 @@ def _validate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _main(argv: Sequence[str]) -> int:
+    if argv[:1] == ["validate"]:
+        args = _validate_parser().parse_args(argv[1:])
+        if args.out:
+            check_output(args.out, args.input, directory=False)
+        results = validate_files(args.input, args.judge or [DEFAULT_JUDGE], args.part or RTP_PARTS, args.threshold)
+        print(_table(results))
+        if args.out:
+            write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
+        return 0
+    args = _score_parser().parse_args(argv)
+    n = score_file(args.input, args.field, args.out, args.judge, args.batch_size, progress=not args.no_progress)
+    print(f"wrote {n} scores to {args.out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line and exit with status 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["validate"]:
-            args = _validate_parser().parse_args(argv[1:])
-            results = validate_files(args.input, args.judge or [DEFAULT_JUDGE], args.part or RTP_PARTS,
-                                     args.threshold)
-            print(_table(results))
-            if args.out:
-                write_text_atomic(args.out, json.dumps(results, indent=2) + "\n")
-            return 0
-        args = _score_parser().parse_args(argv)
-        n = score_file(args.input, args.field, args.out, args.judge, args.batch_size, progress=not args.no_progress)
-        print(f"wrote {n} scores to {args.out}", file=sys.stderr)
-        return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(_main, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from runtime.artifacts import MANIFEST, atomic_dir, read_manifest, sha256_file, write_manifest
+from runtime.artifacts import MANIFEST, atomic_dir, check_output, read_manifest, sha256_file, write_manifest
 from runtime.bundle import GRAPHS, RUNTIME_FILE, TOKENIZER_FILE, Bundle, load_bundle
 from runtime.errors import UserError
 
@@ -46,17 +46,16 @@ def _prepare(out: Path, overwrite: bool) -> bool:
 
 def derive_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
                   transform: Callable[[Bundle, Path], dict[str, Any]], dtype: str | None = None,
-                  overwrite: bool = False, after: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
+                  overwrite: bool = False, after: Callable[[Path], dict[str, Any]] | None = None,
+                  inputs: Sequence[str | os.PathLike | None] = ()) -> dict[str, Any]:
     """Write a bundle at `out_dir` whose graphs `transform(src, tmp)` writes (it copies the ones it keeps).
 
     `transform` returns the manifest fields that describe the change (e.g. `precision`); `after(tmp)` may
     measure the finished bundle (its result goes into the manifest as `check`). Atomic: nothing is left
-    at `out_dir` when either raises.
+    at `out_dir` when either raises. `inputs`: the other paths the transform reads (never written over).
     """
+    out = check_output(out_dir, [src_dir, *inputs], kind=KIND)
     src = load_bundle(src_dir)
-    out = Path(out_dir)
-    if out.resolve() == src.root.resolve():
-        raise UserError("the output directory is the source bundle; choose another one")
     replace = _prepare(out, overwrite)
     with atomic_dir(out, overwrite=replace) as tmp:
         fields = transform(src, tmp)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime import assets, scenes
-from runtime.artifacts import atomic_dir, write_manifest
+from runtime.artifacts import atomic_dir, check_output, write_manifest
 from runtime.errors import UserError
 from runtime.mmtoxicqa import sources
 from runtime.mmtoxicqa.dataset import png_bytes, write_items
@@ -203,6 +203,7 @@ def fill(root: Path, config: BuildConfig) -> dict[str, Any]:
 
 def build_dataset(out: str | os.PathLike, config: BuildConfig = BuildConfig(), overwrite: bool = False) -> Path:
     """Build the dataset into `out` atomically (nothing appears there unless the build succeeds)."""
+    check_output(out, kind=FORMAT)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         fields = fill(tmp, config)
         write_manifest(tmp, FORMAT, **fields)

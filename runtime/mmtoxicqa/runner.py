@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
-from runtime.artifacts import sha256_json, write_manifest
+from runtime.artifacts import check_output, sha256_json, write_manifest
 from runtime.errors import UserError
 from runtime.judges.base import Judge
 from runtime.mmtoxicqa import metrics
@@ -126,8 +126,7 @@ def _generate(generator: Generator, judge: Judge, chunk: list[Item], pending: li
 
 
 def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; --out must be a directory")
+    check_output(out)
     if out.is_dir() and any(out.iterdir()) and not ((out / CACHE_FILE).is_file() or (out / REPORT_FILE).is_file()):
         raise UserError(f"{out} is not empty and holds no MM-TOXIC-QA run; choose an empty or new --out directory")
     out.mkdir(parents=True, exist_ok=True)

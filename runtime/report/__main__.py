@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Sequence
 
 from runtime import cli
+from runtime.artifacts import check_output
 from runtime.errors import UserError
+from runtime.mmtoxicqa.runner import GENERATIONS_FILE, REPORT_FILE
 from runtime.report import examples as ex
 from runtime.report import page
 from runtime.report.experts import read_experts
 from runtime.report.load import load_run, unique_labels
 from runtime.report.mask import Masker, default_wordlist, read_wordlist
+
+
+RUN_FILES = (REPORT_FILE, GENERATIONS_FILE)  # what a run directory given as --report / --compare is read for
 
 
 def _masker(wordlist: Path | None) -> tuple[Masker | None, str]:
@@ -49,6 +54,8 @@ def build_report(report: str | os.PathLike, out: str | os.PathLike, compare: Seq
                  n_examples: int = 12, wordlist: str | os.PathLike | None = None) -> Path:
     """Write the HTML report for `report` (the run under test) and `compare`; return its path."""
     paths = [report, *compare]
+    out = check_output(out, [*paths, *(Path(p) / name for p in paths for name in RUN_FILES), experts, wordlist],
+                       directory=False)
     if labels is not None and len(labels) != len(paths):
         raise UserError(f"--labels needs one name per run ({len(paths)}: --report then each --compare), "
                         f"got {len(labels)}")
@@ -57,9 +64,6 @@ def build_report(report: str | os.PathLike, out: str | os.PathLike, compare: Seq
     masker, note = _masker(Path(wordlist) if wordlist is not None else None)
     threshold = float(runs[0].report.get("threshold") or 0.5)
     text = page.render(runs, expert_map, ex.build(runs, masker, threshold, n_examples), note)
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; pass a file name such as {out / 'report.html'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

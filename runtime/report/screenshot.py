@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from runtime import cli
+from runtime.artifacts import check_output
 from runtime.errors import UserError
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=2000)
     args = p.parse_args(argv)
+    check_output(args.png, [args.html], directory=False, flag="png")
     print(f"wrote {screenshot(args.html, args.png, args.width, args.height)}")
     return 0
 
