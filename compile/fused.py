@@ -241,10 +241,12 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
     weights "gguf"). `weights` (int4): "gguf" converts the builder's float32 graph to the GGUF's own blocks, as
     the bundle's standard decoder has them (auto for a bundle of compile.quantize's gguf method); "builder"
     keeps the builder's own int4 (RTN, which cannot land on the GGUF's grid)."""
+    from compile.quantize.derive import KIND, derive_bundle
     from compile.quantize.derive import copy_graph as copy_bundle_graph
     from runtime.artifacts import check_output
     from runtime.bundle import load_bundle
 
+    check_output(out_dir, [bundle_dir, checkpoint, prebuilt], kind=KIND)
     src = load_bundle(bundle_dir)
     precision = precision or bundle_precision(src)
     if precision not in PRECISIONS:
@@ -261,12 +263,10 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(f"weights must be gguf, builder or auto, not {weights!r}")
     if weights == "gguf" and method != "gguf-exact":
         raise UserError(f"{bundle_dir} does not hold GGUF blocks (precision method {method!r}); use --weights builder")
-    from compile.quantize.derive import KIND, derive_bundle
     gguf = None
     if weights == "gguf":
         from compile.gguf_nbits import GGUFWeights, folded_row_scales
 
-    check_output(out_dir, [bundle_dir, checkpoint, prebuilt], kind=KIND)
         gguf_path = Path(src.manifest["precision"]["gguf"]["path"])
         gguf = (GGUFWeights(gguf_path), folded_row_scales(src), src.manifest["precision"].get("accuracy_level") or 4)
     python = builder_python or default_builder_python()

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Iterator
 from runtime.errors import UserError
 
 MANIFEST = "manifest.json"
-
-
 _SNIFF_BYTES = 64 << 20  # JSON files up to this size are read to see whether they name their format
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, streamed."""
     h = hashlib.sha256()
