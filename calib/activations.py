@@ -18,9 +18,11 @@ import torch
 
 from calib.calibset import CalibSample
 from calib.scoring import ActivationStore
+from runtime.artifacts import remove_stale
 from runtime.errors import UserError
 
 POOLINGS = ("max", "mean")
+STORE_PREFIX = "sgm-activations-"
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ def store_path_in(work_dir: str | os.PathLike | None) -> Path:
 
     base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="sgm-activations-", suffix=".bin", dir=base)
+    remove_stale(base, STORE_PREFIX)  # a killed run's store can be gigabytes
+    fd, name = tempfile.mkstemp(prefix=f"{STORE_PREFIX}{os.getpid()}-", suffix=".bin", dir=base)
     os.close(fd)
     return Path(name)

