@@ -232,6 +232,26 @@ def check(new_dir: Path, new_tokens: int = 16, threads: int | None = None) -> di
             "evaluated_with": "onnxruntime CPU"}
 
 
+def _recorded_weights(checkpoint: str | os.PathLike) -> str | None:
+    """The hooked-MLP weights hash a toolchain-written checkpoint records in its manifest (None for others)."""
+    from runtime.artifacts import MANIFEST, read_manifest
+
+    path = Path(checkpoint)
+    if not (path / MANIFEST).is_file():
+        return None
+    model = read_manifest(path, verify=False).get("model")
+    return model.get("mlp_weights_sha256") if isinstance(model, dict) else None
+
+
+def check_checkpoint(bundle: Bundle, checkpoint: str | os.PathLike, weights_sha256: str | None) -> None:
+    """Refuse a checkpoint whose hooked MLP weights are not those of the model the bundle was exported from."""
+    want = (bundle.manifest.get("model") or {}).get("mlp_weights_sha256")
+    if want and weights_sha256 and want != weights_sha256:
+        raise UserError(f"--checkpoint {checkpoint} is not the model {bundle.root} was exported from (hooked MLP "
+                        f"weights {weights_sha256[:12]}... vs {want[:12]}...; a folded bundle needs its folded "
+                        "checkpoint); pass the checkpoint the bundle was exported from")
+
+
 def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                       precision: str | None = None, builder_python: str | None = None,
                       prebuilt: str | os.PathLike | None = None, overwrite: bool = False,
@@ -248,6 +268,7 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
 
     check_output(out_dir, [bundle_dir, checkpoint, prebuilt], kind=KIND)
     src = load_bundle(bundle_dir)
+    check_checkpoint(src, checkpoint, _recorded_weights(checkpoint))
     precision = precision or bundle_precision(src)
     if precision not in PRECISIONS:
         raise UserError(f"a fused decoder is built in fp32 or int4, not {precision!r}; pass --precision")
@@ -285,6 +306,7 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
                 graph_dir, source = Path(prebuilt), {"checkpoint": str(checkpoint), "prebuilt": str(prebuilt)}
             else:
                 source = extract_language_model(checkpoint, tmp_path / "lm")
+                check_checkpoint(bundle, checkpoint, source.get("mlp_weights_sha256"))
                 graph_dir = tmp_path / "graph"
                 run_builder(python, tmp_path / "lm", graph_dir, "fp32" if gguf else precision, tmp_path / "cache")
             section = decoder_section(graph_dir)

@@ -96,11 +96,13 @@ def dataset_info(root: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_dataset(root: str | os.PathLike, split: str | None = None, conditions: Sequence[str] | str | None = None,
-                 verify: bool = False) -> list[Item]:
+                 verify: bool | None = None) -> list[Item]:
     """Items of the dataset at `root`, optionally filtered by split and conditions, in file order.
 
     Every line is validated (the whole file, not only the selection) so a corrupt dataset is refused at once.
-    With `verify`, the files are also checked against the sha256 sums of manifest.json.
+    A dataset with a manifest.json (every built one) is checked against it: each file against its sha256, and
+    each image an item names must be one of its files. `verify=True` also refuses a dataset without a manifest
+    (a hand-made one, accepted by default); `verify=False` skips the checks.
     """
     root = Path(root)
     split = check_split(split)
@@ -109,11 +111,16 @@ def load_dataset(root: str | os.PathLike, split: str | None = None, conditions: 
     if not path.is_file():
         raise UserError(f"{root} has no {ITEMS_FILE}: not an MM-TOXIC-QA dataset; "
                         f"build one with `python -m runtime.mmtoxicqa build --out DIR`")
+    listed = None
     if (root / MANIFEST).is_file():
-        manifest = read_manifest(root, verify=verify)
+        manifest = read_manifest(root, verify=verify is not False)
         if manifest.get("kind") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{root} holds {manifest.get('kind')!r} version {manifest.get('format_version')!r}, "
                             f"not {FORMAT} version {FORMAT_VERSION}; rebuild it with this toolchain")
+        listed = set(manifest.get("files") or {}) if verify is not False else None
+        if listed is not None and ITEMS_FILE not in listed:
+            raise UserError(f"{root}/{MANIFEST} does not list {ITEMS_FILE}, so the items cannot be verified; "
+                            f"rebuild the dataset (python -m runtime.mmtoxicqa build --out DIR)")
     elif verify:
         raise UserError(f"{root} has no {MANIFEST} to verify against; rebuild the dataset")
     items: list[Item] = []
@@ -123,6 +130,9 @@ def load_dataset(root: str | os.PathLike, split: str | None = None, conditions: 
             if not line.strip():
                 continue
             item = _parse(line, path, lineno, root)
+            if listed is not None and item.image is not None and PurePosixPath(item.image).as_posix() not in listed:
+                raise UserError(f"{path} line {lineno}: image {item.image!r} is not among the files of {root}/{MANIFEST} "
+                                f"(added after the build?); rebuild the dataset")
             if item.id in seen:
                 raise UserError(f"{path} line {lineno}: duplicate item id {item.id!r} (first on line {seen[item.id]})")
             seen[item.id] = lineno

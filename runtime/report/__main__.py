@@ -19,7 +19,7 @@ from runtime.errors import UserError
 from runtime.mmtoxicqa.runner import GENERATIONS_FILE, REPORT_FILE
 from runtime.report import examples as ex
 from runtime.report import page
-from runtime.report.experts import read_experts
+from runtime.report.experts import check_for_run, read_experts
 from runtime.report.load import load_run, unique_labels
 from runtime.report.mask import Masker, default_wordlist, read_wordlist
 
@@ -61,6 +61,8 @@ def build_report(report: str | os.PathLike, out: str | os.PathLike, compare: Seq
                         f"got {len(labels)}")
     runs = unique_labels([load_run(p, labels[i] if labels else None) for i, p in enumerate(paths)])
     expert_map = read_experts(experts) if experts is not None else None
+    if expert_map is not None:
+        check_for_run(expert_map, runs[0].report, runs[0].path)
     masker, note = _masker(Path(wordlist) if wordlist is not None else None)
     threshold = float(runs[0].report.get("threshold") or 0.5)
     text = page.render(runs, expert_map, ex.build(runs, masker, threshold, n_examples), note)

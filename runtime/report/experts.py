@@ -84,3 +84,25 @@ def read_experts(directory: str | os.PathLike) -> ExpertMap:
     return ExpertMap(layers, modules, suppressed, widths, np.concatenate(aurocs).astype(np.float64),
                      np.concatenate(alphas).astype(np.float64), dict(manifest.get("model") or {}),
                      dict(manifest.get("method") or {}), dict(manifest.get("calibration") or {}), directory)
+
+
+def _base_weights(model: dict[str, Any]) -> str | None:
+    """The hooked-MLP weights hash of the model a run's record says experts apply to: the experts' own model for
+    a folded bundle, else the run's model itself (a PyTorch model or an unfolded bundle); None when unrecorded."""
+    source = model.get("source") if isinstance(model.get("source"), dict) else None
+    if source is not None:
+        experts = source.get("experts") if isinstance(source.get("experts"), dict) else None
+        if experts is not None and isinstance(experts.get("model"), dict):
+            return experts["model"].get("mlp_weights_sha256")
+        return None if source.get("folded") else source.get("mlp_weights_sha256")
+    return model.get("mlp_weights_sha256")
+
+
+def check_for_run(experts: ExpertMap, report: dict[str, Any], path: Path) -> None:
+    """Refuse an expert map made for another model than the run's (compared by the hooked-MLP weights hash)."""
+    model = report.get("model") if isinstance(report.get("model"), dict) else {}
+    have, want = _base_weights(model), experts.model.get("mlp_weights_sha256")
+    if have and want and have != want:
+        raise UserError(f"--experts {experts.path} were made for {experts.model.get('name', 'another model')} "
+                        f"(MLP weights {want[:12]}...), but {path} ran {model.get('model', 'another model')} "
+                        f"(MLP weights {have[:12]}...); pass the experts that model was calibrated with")

@@ -98,4 +98,4 @@ def test_manifest_checks(small_dataset, tmp_path):
     man["format_version"] = 99
     (root / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(UserError, match="version 99.*rebuild"):
-        load_dataset(root)
+        load_dataset(root, verify=False)
