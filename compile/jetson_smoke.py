@@ -30,13 +30,17 @@ def run_smoke(bundle_dir: Path, engines_dir: Path, dataset_dir: Path, out: Path,
     generator = BundleGenerator(bundle, backend)
     limits = backend.manifest["limits"]
     render = bundle.spec.prompt.render
-    items, taken, skipped = [], {}, []
+    context = bundle.spec.context_length
+    items, taken, skipped, too_long = [], {}, [], []
     for item in load_dataset(dataset_dir, split="evaluation"):
         if taken.get(item.condition, 0) >= limit:
             continue
         n = len(generator.tokenizer.prompt_ids(render(item.prompt, item.image is not None, True)))
         if n > limits["max_prompt"] or n + max_new_tokens > limits["max_context"]:
             skipped.append({"id": item.id, "condition": item.condition, "prompt_tokens": n})
+            continue
+        if context is not None and n + max_new_tokens > context:  # the runtime refuses these
+            too_long.append({"id": item.id, "condition": item.condition, "prompt_tokens": n})
             continue
         taken[item.condition] = taken.get(item.condition, 0) + 1
         items.append(item)
@@ -48,6 +52,7 @@ def run_smoke(bundle_dir: Path, engines_dir: Path, dataset_dir: Path, out: Path,
     steps = sum(t.decode_steps for t in timings)
     seconds = sum(t.decode_s for t in timings)
     report["smoke"] = {"items": len(items), "skipped_over_engine_limits": skipped,
+                       "skipped_over_model_context": too_long,
                        "wall_s": round(time.perf_counter() - started, 2),
                        "last_batch_decode_tokens_per_s": round(steps / seconds, 2) if seconds else None,
                        "backend": backend.describe()}
@@ -77,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if report["smoke"]["skipped_over_engine_limits"]:
             print(f"skipped {len(report['smoke']['skipped_over_engine_limits'])} items longer than the engines' "
                   "limits (rebuild with a larger MAX_CONTEXT_OVERRIDE to include them)")
+        if report["smoke"]["skipped_over_model_context"]:
+            print(f"skipped {len(report['smoke']['skipped_over_model_context'])} items longer than the model's "
+                  "context")
         print(f"report: {args.out / 'report.json'}")
         return 0
 

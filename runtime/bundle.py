@@ -147,6 +147,7 @@ class BundleSpec:
     pad_token_id: int
     clean_up_tokenization_spaces: bool = False
     fused_decoder: FusedDecoderSpec | None = None
+    context_length: int | None = None  # the positions the decoder takes; None in bundles made before it was recorded
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = RUNTIME_FILE) -> "BundleSpec":
@@ -201,6 +202,7 @@ class BundleSpec:
             eos_token_ids=tuple(eos), pad_token_id=_field(d, "pad_token_id", int, where),
             clean_up_tokenization_spaces=bool(d.get("clean_up_tokenization_spaces", False)),
             fused_decoder=FusedDecoderSpec.from_dict(d["fused_decoder"], where) if d.get("fused_decoder") else None,
+            context_length=_positive(d, "context_length", where) if "context_length" in d else None,
         )
 
 

@@ -25,7 +25,7 @@ from runtime.backends import Backend, open_backend
 from runtime.bundle import Bundle, load_bundle
 from runtime.errors import UserError
 from runtime.preprocess import preprocess
-from runtime.protocol import GenerationConfig, GenerationRequest, GenerationResult
+from runtime.protocol import GenerationConfig, GenerationRequest, GenerationResult, check_prompts
 from runtime.sampling import request_rng, select
 from runtime.tokenizer import BundleTokenizer
 
@@ -169,11 +169,14 @@ class BundleGenerator:
         """Answer each request in order, `batch_size` at a time (the Generator interface)."""
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
+        ids = [self.tokenizer.request_ids(r) for r in requests]
+        check_prompts([len(i) for i in ids], config.max_new_tokens, self.spec.context_length)
         self.last_timings = []
         results: list[GenerationResult] = []
         for start in range(0, len(requests), batch_size):
-            chunk = requests[start:start + batch_size]
-            results.extend(self.generate_embeds([self.request_embeds(r) for r in chunk], config, first_index + start))
+            prompts = [self.prompt_embeds(i, [r.image] if r.image is not None else [])
+                       for i, r in zip(ids[start:start + batch_size], requests[start:start + batch_size])]
+            results.extend(self.generate_embeds(prompts, config, first_index + start))
         return results
 
     def nll(self, texts: Sequence[str], max_length: int = 512) -> list[tuple[float, int]]:

@@ -10,6 +10,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
+from runtime.errors import UserError
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -43,6 +45,19 @@ class GenerationResult:
     text: str
     token_ids: tuple[int, ...]
     finish_reason: str
+
+
+def check_prompts(lengths: Sequence[int], max_new_tokens: int, context_length: int | None) -> None:
+    """Refuse, before anything runs, a prompt of no tokens and one that with `max_new_tokens` would run past the
+    model's context (`context_length` positions; None = unknown, e.g. a bundle older than the field)."""
+    for i, n in enumerate(lengths):
+        which = f"prompt {i + 1} of {len(lengths)}" if len(lengths) > 1 else "the prompt"
+        if n == 0:
+            raise UserError(f"{which} has no tokens (an empty text); give some text to continue or a question")
+        if context_length is not None and n + max_new_tokens > context_length:
+            raise UserError(f"{which} has {n} tokens and asks for {max_new_tokens} new ones, but the model's context "
+                            f"holds {context_length} positions; shorten the prompt to at most "
+                            f"{max(context_length - max_new_tokens, 0)} tokens or lower max_new_tokens")
 
 
 @runtime_checkable

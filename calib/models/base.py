@@ -19,7 +19,7 @@ from torch import nn
 from runtime.artifacts import sha256_json
 from runtime.errors import UserError
 from runtime.preprocess import ImageSpec, preprocess
-from runtime.protocol import GenerationConfig, GenerationRequest, GenerationResult
+from runtime.protocol import GenerationConfig, GenerationRequest, GenerationResult, check_prompts
 from runtime.sampling import request_rng, select
 
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
@@ -93,6 +93,15 @@ class MultimodalModel(ABC):
         for t in ids:
             out.extend([t] * self.num_image_tokens if t == self.image_token_id else [t])
         return out
+
+    def context_length(self) -> int | None:
+        """The positions the language model takes (its max_position_embeddings), None when the config has none."""
+        cfg = self.config_dict()
+        for section in (cfg.get("text_config"), cfg):
+            value = section.get("max_position_embeddings") if isinstance(section, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
 
     def mlp_units(self) -> list[MlpUnit]:
         """Every hookable MLP Linear of the decoder, in layer order."""
@@ -178,11 +187,12 @@ class MultimodalModel(ABC):
     def generate(self, requests: Sequence[GenerationRequest], config: GenerationConfig,
                  batch_size: int = 8, first_index: int = 0) -> list[GenerationResult]:
         """Answer each request in order (the runtime.protocol.Generator interface)."""
+        ids = [self.request_ids(r) for r in requests]
+        check_prompts([len(i) for i in ids], config.max_new_tokens, self.context_length())
         results: list[GenerationResult] = []
         for start in range(0, len(requests), batch_size):
-            chunk = requests[start:start + batch_size]
-            prompts = [self.inputs_embeds(self.request_ids(r), [r.image] if r.image is not None else [])
-                       for r in chunk]
+            chunk = zip(ids[start:start + batch_size], requests[start:start + batch_size])
+            prompts = [self.inputs_embeds(i, [r.image] if r.image is not None else []) for i, r in chunk]
             results.extend(self.generate_embeds(prompts, config, first_index + start))
         return results
 

@@ -9,7 +9,7 @@ import torch
 from calib.models.base import IMAGE_PLACEHOLDER
 
 SEED = 0
-CACHE_KEY = "tiny-random-llava-v1"
+CACHE_KEY = "tiny-random-llava-v2"  # v2: a 4096-position context
 _CORPUS = [
     "The capital of France is Paris. The cat sat on the mat.",
     "USER: What is in the image? ASSISTANT: A red circle and two blue squares.",
@@ -44,7 +44,8 @@ def build(out: Path) -> dict:
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                               image_size=30, patch_size=6, projection_dim=32)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,  # as LLaVA-1.5's:
+                       # the benchmark's jailbreak prompts (~2000 tokens here) fit, as they do in the real models
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_index=tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
