@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.errors import UserError
+from runtime.images import usable_image
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
@@ -46,10 +47,6 @@ class ImageSpec:
         return cls(size=int(size), mean=tuple(d["image_mean"]), std=tuple(d["image_std"]), resample=resample)
 
 
-def _as_rgb(image: Image.Image) -> Image.Image:
-    if not isinstance(image, Image.Image):
-        raise UserError(f"expected a PIL image, got {type(image).__name__}; open files with PIL.Image.open first")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def preprocess(images: Sequence[Image.Image], spec: ImageSpec) -> np.ndarray:
@@ -58,7 +55,7 @@ def preprocess(images: Sequence[Image.Image], spec: ImageSpec) -> np.ndarray:
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
     for i, image in enumerate(images):
-        image = _as_rgb(image)
+        image = usable_image(image, getattr(image, "filename", "") or f"image {i + 1} of the batch")
         w, h = image.size
         if w <= h:  # shortest edge to `size`, the other truncated as Hugging Face's image processors do
             nw, nh = spec.size, int(spec.size * h / w)

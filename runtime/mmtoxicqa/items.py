@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from PIL import Image
 
 from runtime.errors import UserError
+from runtime.images import decode_image
 
 FORMAT = "mmtoxicqa-dataset"
 FORMAT_VERSION = 1
@@ -52,13 +53,7 @@ class Item:
     def load_image(self) -> Image.Image | None:
         """The image as RGB (decoded now, so the file handle is closed), or None."""
         path = self.image_path()
-        if path is None:
-            return None
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise UserError(f"item {self.id}: cannot read image {path} ({e}); rebuild the dataset") from e
+        return None if path is None else decode_image(path, f"item {self.id}: {path}")
 
     def to_json(self) -> dict[str, Any]:
         """The item as one JSONL record (without its root)."""
