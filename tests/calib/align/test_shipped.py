@@ -55,7 +55,7 @@ def test_a_tampered_projector_is_refused(tmp_path, monkeypatch):
     data = bytearray((copy / PROJECTOR_FILE).read_bytes())
     data[-1] ^= 0xFF
     (copy / PROJECTOR_FILE).write_bytes(bytes(data))
-    monkeypatch.setattr(zoo, "SHIPPED_PROJECTOR", copy / PROJECTOR_FILE)
+    monkeypatch.setitem(zoo.SHIPPED_PROJECTORS, "smol-llava", copy / PROJECTOR_FILE)
     with pytest.raises(UserError, match="does not match its sha256"):
         zoo.shipped_projector()
 

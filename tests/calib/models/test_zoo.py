@@ -13,7 +13,7 @@ from runtime.errors import UserError
 
 
 def test_unknown_name_lists_the_zoo():
-    with pytest.raises(UserError, match="unknown model 'llama-9000'.*smol-llava, llava, tiny-random-llava"):
+    with pytest.raises(UserError, match="unknown model 'llama-9000'.*smol-llava, gemma-llava, llava, tiny-random-llava"):
         resolve("llama-9000")
 
 
