@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from calib.factors import DEFAULT_TOP_FRACTION, FactorSpec, factors_by_key, spec_from_dict
+from calib.scoring import MIN_PER_CLASS, MIN_PER_CLASS_REASON, check_class_counts, check_possible
 from runtime.artifacts import atomic_dir, check_output, read_manifest, write_manifest
 from runtime.errors import UserError
 
@@ -201,6 +202,7 @@ def check_model(experts: Experts, model: Any) -> None:
 
 # --- CLI: python -m calib.experts --------------------------------------------------------------------------
 DEFAULT_CONDITIONS = ("standard", "jailbreak", "typographic", "benign")
+DEFAULT_SAMPLES_PER_ITEM = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -223,14 +225,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--damp-alpha", type=float, help="damp: the fixed alpha (default 0.5)")
     m.add_argument("--auroc-from", help="reuse the AUROCs of this experts directory (same model) instead of "
                                         "collecting again: only the factors are recomputed")
-    c = p.add_argument_group("calibration set")
+    c = p.add_argument_group("calibration set", description=f"Minimum: {MIN_PER_CLASS_REASON}.")
     c.add_argument("--calib", default="mmtoxicqa",
                    help="mmtoxicqa (the model's own judged responses on the calibration split, default), "
                         "rtp:FILE (RealToxicityPrompts JSONL) or jigsaw:FILE (Jigsaw-style CSV)")
     c.add_argument("--dataset", help="MM-TOXIC-QA dataset directory (default: the default build in the asset cache)")
     c.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="calibration conditions, comma separated")
     c.add_argument("--limit", type=int, help="at most N items per condition (mmtoxicqa) or N samples per class (text)")
-    c.add_argument("--samples-per-item", type=int, default=2, help="responses sampled per calibration item")
+    c.add_argument("--samples-per-item", type=int, default=DEFAULT_SAMPLES_PER_ITEM,
+                   help="responses sampled per calibration item (default %(default)s)")
     c.add_argument("--max-new-tokens", type=int, default=48)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--judge", help="toxicity judge for the responses (default: runtime.judges' default)")
@@ -238,6 +241,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a response is toxic when its judge score reaches this (default: the judge's own threshold)")
     c.add_argument("--responses", help="response cache JSONL (default: in the asset cache)")
     c.add_argument("--rtp-text", default="prompt", choices=("prompt", "continuation", "both"))
+    c.add_argument("--allow-small-calibration", action="store_true",
+                   help=f"score a set below the minimum of {MIN_PER_CLASS} per class anyway, with a warning (smoke "
+                        "runs only: such experts are noise; the manifest records it)")
     s = p.add_argument_group("scoring")
     s.add_argument("--pooling", default="max", choices=("max", "mean"))
     s.add_argument("--max-response-tokens", type=int, default=128)
@@ -295,6 +301,8 @@ def _calibration(args: Any, model: Any) -> tuple[list, dict[str, Any]]:
     items = _limit_by(items, lambda it: it.condition, args.limit)
     if not items:
         raise UserError(f"{root} has no calibration items of conditions {args.conditions}")
+    _small(args, check_possible, len(items) * args.samples_per_item,
+           f"{len(items)} items x {args.samples_per_item} samples per item")
     judge = load_judge(args.judge) if args.judge else load_judge()
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, top_p=0.9,
                               seed=args.seed)
@@ -348,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = spec_with(top_k_for(args.top_fraction, sum(width for _, width in model_units(model))))
         if args.auroc_from:
             experts = load_experts(args.auroc_from, model).with_spec(spec)
+            used = experts.scoring
+            if "n_toxic_used" in used:
+                _small(args, check_class_counts, int(used["n_toxic_used"]), int(used["n_nontoxic_used"]))
         else:
             experts = _score(args, model, spec)
         save_experts(experts, args.out, overwrite=args.overwrite)
@@ -360,6 +371,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(_main, argv)
 
 
+SMALL_FIX = ("Sample more: raise --limit (items per condition) or --samples-per-item, add --conditions, or use "
+             "--calib rtp:FILE; --allow-small-calibration scores it anyway for a smoke run (its experts are noise)")
+
+
+def _small(args: Any, check: Callable[..., None], *counts: Any) -> bool:
+    """Run a calibration-size check: it refuses unless --allow-small-calibration, which turns the refusal into a
+    warning. Returns whether the set is below the minimum."""
+    try:
+        check(*counts, SMALL_FIX)
+    except UserError as e:
+        if not args.allow_small_calibration:
+            raise
+        print(f"WARNING: {e}", file=sys.stderr)
+        return True
+    return False
+
+
 def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
     """Collect activations on the calibration set, score every unit, and build the experts."""
     from calib.activations import collect, store_path_in
@@ -369,6 +397,7 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
     if n_toxic == 0 or n_toxic == len(samples):
         raise UserError(f"the calibration set has {n_toxic} toxic of {len(samples)} samples; scoring needs both. "
                         f"Sample more responses (--samples-per-item), add conditions, or use --calib rtp:FILE")
+    calibration["below_minimum"] = _small(args, check_class_counts, n_toxic, len(samples) - n_toxic)
     path = store_path_in(args.work_dir)
     try:
         store, summary = collect(model, samples, path, pooling=args.pooling, batch_size=args.batch_size,
@@ -388,6 +417,7 @@ def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
                                           top_fraction=args.top_fraction or DEFAULT_TOP_FRACTION)
     finally:
         store.delete()
+    summary["below_minimum"] = _small(args, check_class_counts, n_toxic_used, summary["n_used"] - n_toxic_used)
     summary.update({"n_toxic_used": n_toxic_used, "n_nontoxic_used": summary["n_used"] - n_toxic_used,
                     "auroc_median": float(np.median(flat)), "auroc_max": float(flat.max()),
                     "units_auroc_above_0.5": int((flat > 0.5).sum())})

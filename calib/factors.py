@@ -4,7 +4,8 @@ This is the one place factors are computed; the hook intervention and the weight
 resulting alpha (through `calib.intervention.row_scales`), so they cannot drift apart.
 
 - sgm:  alpha = clip(1 - s (2 AUROC - 1), 0, 1) for units with AUROC > threshold, 1 otherwise; an
-        optional top-k keeps only the k highest-AUROC units among those (global across all modules).
+        optional top-k keeps only the k highest-AUROC units among those (global across all modules; units
+        tied across the k-th place are left out together, never picked by position).
 - aura: sgm with s = 1, threshold 0.5 and no cap (Suau et al., 2024).
 - det0: alpha = 0 on the global top-k units by AUROC, 1 elsewhere.
 - damp: alpha = a fixed value on the global top-k units by AUROC, 1 elsewhere.
@@ -99,12 +100,17 @@ def top_k_for(fraction: float, n_units: int) -> int | None:
 
 
 def _top_k(auroc: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the k candidates with the highest AUROC; equal AUROCs are taken in unit order."""
-    idx = np.flatnonzero(candidates)
-    keep = idx[np.argsort(-auroc[idx], kind="stable")[:k]]
+    """Mask of at most k candidates, chosen by AUROC alone: units tied at the k-th highest AUROC are all taken
+    when they fit in k and all left out when they would cross it, so the choice never depends on unit order."""
     mask = np.zeros(auroc.shape, dtype=bool)
-    mask[keep] = True
-    return mask
+    values = auroc[candidates]
+    if values.size <= k:
+        mask[candidates] = True
+        return mask
+    kth = np.partition(values, values.size - k)[values.size - k]
+    above = candidates & (auroc > kth)
+    tied = candidates & (auroc == kth)
+    return above | tied if int(above.sum()) + int(tied.sum()) <= k else above
 
 
 def factors(auroc: np.ndarray, spec: FactorSpec) -> np.ndarray:

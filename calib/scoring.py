@@ -19,6 +19,14 @@ from runtime.errors import UserError
 
 STORE_DTYPES = ("float32", "float16")
 DEFAULT_CHUNK_BYTES = 256 << 20
+# The fewest toxic and non-toxic samples a calibration set may have for its AUROCs to rank units (docs/factors.md):
+# the floor below which the statistic degenerates into ties; the main job's default calibration gives 11 toxic.
+MIN_PER_CLASS = 10
+MIN_PER_CLASS_REASON = (
+    f"scoring needs at least {MIN_PER_CLASS} toxic and {MIN_PER_CLASS} non-toxic samples: with n_pos toxic and "
+    "n_neg non-toxic samples an AUROC moves in steps of 1/(n_pos n_neg) and a unit with no signal reaches 1.0 with "
+    "probability 1/C(n_pos + n_neg, n_pos): with 1 toxic of 16 one unit in 16 does (thousands of ties at the top of "
+    f"a model), with {MIN_PER_CLASS} of each at most one in 184,756, with {MIN_PER_CLASS} of 320 one in 10^18")
 
 
 def _labels(labels: Sequence[bool] | np.ndarray, n: int) -> np.ndarray:
@@ -35,6 +43,20 @@ def _labels(labels: Sequence[bool] | np.ndarray, n: int) -> np.ndarray:
         raise UserError(f"AUROC needs both toxic and non-toxic samples, got {n_pos} toxic of {n}; "
                         f"add samples of the missing class to the calibration set")
     return y
+
+
+def check_class_counts(n_pos: int, n_neg: int, fix: str) -> None:
+    """Refuse a calibration set with fewer than MIN_PER_CLASS toxic or non-toxic samples; `fix` says how to get more."""
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        raise UserError(f"the calibration set has {n_pos} toxic and {n_neg} non-toxic samples, too few to rank units: "
+                        f"{MIN_PER_CLASS_REASON}. {fix}")
+
+
+def check_possible(n_samples: int, how: str, fix: str) -> None:
+    """Refuse, before any sample is labelled, a calibration set too small to hold MIN_PER_CLASS of each class."""
+    if n_samples < 2 * MIN_PER_CLASS:
+        raise UserError(f"{how} gives at most {n_samples} calibration samples, too few to rank units: "
+                        f"{MIN_PER_CLASS_REASON}. {fix}")
 
 
 def auroc(scores: np.ndarray, labels: Sequence[bool] | np.ndarray) -> np.ndarray:

@@ -69,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--pooling", choices=("max", "mean"), default="max", help="pooling over response tokens")
     g.add_argument("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT,
                    help="calibration items per condition (default %(default)s; 0 = all)")
+    g.add_argument("--allow-small-calibration", action="store_true",
+                   help="calibrate even on fewer toxic or non-toxic samples than calib.experts' minimum, with a "
+                        "warning (smoke runs such as --limit 5: those experts are noise)")
     g = p.add_argument_group("export, quantize, engine")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default), int8 / int4 (ONNX Runtime CPU), fp16 / *-qdq (TensorRT graphs)")
@@ -190,6 +193,8 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
                 argv += [flag, str(value)]
         if calib_limit:
             argv += ["--limit", str(calib_limit)]
+        if args.allow_small_calibration:
+            argv += ["--allow-small-calibration"]
         experts = build.stage("calib", "experts", {"model": model_key, "argv": argv},
                               lambda out: _call(calib_experts.main, argv + ["--out", str(out)], "calib"))
 
@@ -264,6 +269,28 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     return report or {}
 
 
+def check_calibration_size(args: argparse.Namespace) -> None:
+    """Refuse (or, with --allow-small-calibration, warn about) a calibration too small to rank units when the
+    limits alone show it, before any stage runs; a set that is too small only once labelled is refused by
+    calib.experts after generating the responses."""
+    from calib.experts import DEFAULT_CONDITIONS, DEFAULT_SAMPLES_PER_ITEM
+    from calib.scoring import check_possible
+
+    limit = args.limit if args.limit is not None else args.calib_limit
+    if args.experts is not None or not limit:
+        return
+    fix = (f"Raise --limit / --calib-limit (default {DEFAULT_CALIB_LIMIT}), pass --experts DIR, or add "
+           "--allow-small-calibration for a smoke run (its experts are noise)")
+    try:
+        check_possible(limit * len(DEFAULT_CONDITIONS) * DEFAULT_SAMPLES_PER_ITEM,
+                       f"a calibration limit of {limit} ({limit} items x {len(DEFAULT_CONDITIONS)} conditions x "
+                       f"{DEFAULT_SAMPLES_PER_ITEM} samples)", fix)
+    except UserError as e:
+        if not args.allow_small_calibration:
+            raise
+        print(f"WARNING: {e}", file=sys.stderr)
+
+
 def check_fused_options(args: argparse.Namespace) -> None:
     """Refuse --fused settings that cannot work before any stage runs (calibration alone takes minutes)."""
     from compile.fused import PRECISIONS as FUSED_PRECISIONS
@@ -289,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if not 0.0 <= args.top_fraction < 1.0:
         raise UserError(f"--top-fraction must be in [0, 1), got {args.top_fraction}")
+    if args.calib_limit < 0:
+        raise UserError(f"--calib-limit must be >= 0 (0 = all), got {args.calib_limit}")
+    check_calibration_size(args)
     if args.out is not None:
         check_output(args.out, [args.model, args.experts])
     if args.fused:
