@@ -269,6 +269,24 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     return report or {}
 
 
+def written_dirs(args: argparse.Namespace) -> list[str]:
+    """The stage directories under --out that this build writes (replacing what is there)."""
+    bundle = "bundle" if args.precision == "fp32" else f"bundle-{args.precision}"
+    dirs = [*(["experts"] if args.experts is None else []), "detoxified", "bundle",
+            *([bundle] if bundle != "bundle" else []), *([f"{bundle}-fused"] if args.fused else []),
+            *({"cuda": ["engines"], "jetson-orin": ["jetson"]}.get(args.target, [])),
+            *([] if args.skip_eval else ["report"])]
+    return dirs
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """Refuse, before any stage runs, an --out that cannot be written or whose stage directories would replace an
+    input (--model, --experts); inputs elsewhere under --out, such as a previous build's experts, are fine."""
+    check_output(args.out)
+    for name in written_dirs(args):
+        check_output(args.out / name, [args.model, args.experts])
+
+
 def check_calibration_size(args: argparse.Namespace) -> None:
     """Refuse (or, with --allow-small-calibration, warn about) a calibration too small to rank units when the
     limits alone show it, before any stage runs; a set that is too small only once labelled is refused by
@@ -320,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--calib-limit must be >= 0 (0 = all), got {args.calib_limit}")
     check_calibration_size(args)
     if args.out is not None:
-        check_output(args.out, [args.model, args.experts])
+        check_out(args)
     if args.fused:
         check_fused_options(args)
     model_type, location = resolve(args.model)

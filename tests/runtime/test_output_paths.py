@@ -162,12 +162,18 @@ def test_dataset_build_never_replaces_another_artifact(tmp_path: Path, monkeypat
     read_manifest(bundle)
 
 
-def test_build_refuses_an_out_that_holds_its_input(tmp_path: Path, capsys) -> None:
+def test_build_refuses_stages_that_would_replace_its_inputs(tmp_path: Path, capsys) -> None:
     from compile.build import main
 
-    experts = tmp_path / "b" / "experts"
-    experts.mkdir(parents=True)
-    write_manifest(experts, "sgm-experts")
-    assert cli.run(main, ["--model", "tiny-random-llava", "--experts", str(experts), "--out", str(tmp_path / "b"),
-                          "--dry-run"]) == 2
-    assert "would overwrite the input" in capsys.readouterr().err
+    out = tmp_path / "b"
+    model, experts = out / "detoxified", out / "experts"
+    for d in (model, experts):
+        d.mkdir(parents=True)
+        write_manifest(d, "sgm-experts" if d == experts else "sgm-detoxified")
+    (model / "config.json").write_text('{"model_type": "llava"}')
+    for argv in (["--model", str(model)], ["--model", "tiny-random-llava", "--experts", str(tmp_path)]):
+        assert cli.run(main, [*argv, "--out", str(out), "--dry-run"]) == 2
+        assert "would overwrite the input" in capsys.readouterr().err
+    # a previous build's experts under --out are not written when given: fine
+    assert cli.run(main, ["--model", "tiny-random-llava", "--experts", str(experts), "--out", str(out),
+                          "--dry-run"]) == 0
