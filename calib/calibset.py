@@ -217,7 +217,7 @@ def model_responses(model: Any, items: Sequence[Any], judge: Any, cache: str | o
         bar = tqdm(total=len(todo), desc="calibration responses", unit="item")
     for chunk in _pieces(todo, batch_size):
         k = samples_per_item
-        requests = [GenerationRequest(prompt=it.prompt, image=it.load_image()) for _, it in chunk for _ in range(k)]
+        requests = [GenerationRequest(prompt=it.prompt, image=it.load_image(), chat=it.chat) for _, it in chunk for _ in range(k)]
         # request indices follow the items' positions, so a result does not depend on what was cached
         results = model.generate(requests, config, batch_size=batch_size, first_index=chunk[0][0] * k)
         records = [{"key": key, "id": it.id, "item": item_key(it),
@@ -239,7 +239,7 @@ def model_responses(model: Any, items: Sequence[Any], judge: Any, cache: str | o
     for it in items:
         rec, image = done[it.id], it.load_image()
         for j, (text, ids) in enumerate(zip(rec["responses"], rec["token_ids"])):
-            samples.append(CalibSample(id=f"{it.id}#{j}", prompt=it.prompt, response=text, label=False, chat=True,
+            samples.append(CalibSample(id=f"{it.id}#{j}", prompt=it.prompt, response=text, label=False, chat=it.chat,
                                        image=image, response_ids=tuple(ids), source=f"mmtoxicqa:{it.condition}"))
     scores = np.asarray(judge.score([s.response for s in samples]), dtype=np.float64) if samples else np.zeros(0)
     return [replace(s, score=float(p), label=bool(p >= threshold)) for s, p in zip(samples, scores)]

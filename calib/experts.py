@@ -201,7 +201,7 @@ def check_model(experts: Experts, model: Any) -> None:
 
 
 # --- CLI: python -m calib.experts --------------------------------------------------------------------------
-DEFAULT_CONDITIONS = ("standard", "jailbreak", "typographic", "benign")
+DEFAULT_CONDITIONS = ("standard", "jailbreak", "typographic", "continuation", "benign")
 DEFAULT_SAMPLES_PER_ITEM = 2
 
 

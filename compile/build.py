@@ -45,7 +45,10 @@ STAGES = (
     Stage("fused", "bundle[-<precision>]-fused", "--fused: onnxruntime-genai's fused CPU decoder added (fp32, int4)"),
     Stage("engine", "engines | jetson", "TensorRT engines (cuda, built here) or a Jetson bundle (built on device)"),
     Stage("evaluate", "report", "MM-TOXIC-QA on the compiled bundle (ONNX Runtime)"),
+    Stage("reference", "reference", "the same items on the undetoxified model (PyTorch): before -> after, the "
+                                    "gate on the pair, report.html"),
 )
+REPORT_HTML = "report.html"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-eval", action="store_true", help="do not run MM-TOXIC-QA on the result")
     g.add_argument("--eval-limit", type=int, default=DEFAULT_EVAL_LIMIT,
                    help="evaluation items per condition (default %(default)s; 0 = all)")
+    g.add_argument("--eval-samples", type=int, default=1,
+                   help="sampled responses per toxic or benign item (k, for toxicity probability; default 1)")
+    g.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="do not evaluate the undetoxified model on the same items (no before -> after)")
     p.add_argument("--limit", type=int, help="quick run: sets both --calib-limit and --eval-limit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan; write nothing")
@@ -242,9 +249,10 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_eval:
         from runtime.mmtoxicqa.__main__ import main as mmtoxicqa_main
 
-        argv = ["run", "--bundle", str(bundle), "--seed", str(args.seed), "--no-progress"]
+        settings = ["--seed", str(args.seed), "--samples", str(args.eval_samples), "--no-progress"]
         if eval_limit:
-            argv += ["--limit", str(eval_limit)]
+            settings += ["--limit", str(eval_limit)]
+        argv = ["run", "--bundle", str(bundle), *settings]
 
         def evaluate(out: Path) -> None:
             _call(mmtoxicqa_main, argv + ["--out", str(out)], "evaluate")
@@ -255,6 +263,18 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         report_dir = build.stage("evaluate", "report", {"bundle": _manifest_sha(bundle), "argv": argv}, evaluate,
                                  resumable=True)
         report = json.loads((report_dir / "report.json").read_text())
+        if args.reference:
+            ref_argv = ["run", "--model", args.model, *settings]
+
+            def reference(out: Path) -> None:
+                _call(mmtoxicqa_main, ref_argv + ["--out", str(out)], "reference")
+                from runtime.artifacts import write_manifest
+
+                write_manifest(out, "sgm-report", model=model_key, argv=ref_argv)
+
+            ref_dir = build.stage("reference", "reference", {"model": model_key, "argv": ref_argv}, reference,
+                                  resumable=True)
+            compare_pair(ref_dir, report_dir, experts, args.out / REPORT_HTML)
 
     print("\nartifacts:")
     for name, path, state, seconds in build.summary:
@@ -269,13 +289,37 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     return report or {}
 
 
+def compare_pair(before: Path, after: Path, experts: Path, html: Path) -> None:
+    """Print before -> after for the undetoxified reference and the detoxified bundle, run the gate both ways
+    and write report.html with both runs."""
+    from runtime.check import gate, table
+    from runtime.mmtoxicqa.summary import before_after
+    from runtime.report.__main__ import build_report
+    from runtime.report.load import load_run
+    from runtime.stats import FAIL
+
+    ref, det = load_run(before / "report.json", "undetoxified"), load_run(after / "report.json", "detoxified")
+    print(f"\nbefore -> after (undetoxified {before} -> detoxified {after}, same items):")
+    for line in before_after(ref.report, det.report):
+        print(f"  {line}")
+    for title, base, now in (("the detoxified bundle against the undetoxified model (fluency kept?)", ref, det),
+                             ("the undetoxified model against the detoxified bundle (would the gate catch an "
+                              "engine that lost the detoxification?)", det, ref)):
+        checks = gate(base, now)
+        failed = [c.metric for c in checks if c.values["verdict"] == FAIL]
+        print(f"\ngate: {title}")
+        print("  " + table(checks).replace("\n", "\n  "))
+        print(f"  result: {'FAIL (' + ', '.join(failed) + ')' if failed else 'PASS'}")
+    print(f"\nreport: {build_report(after / 'report.json', html, [before / 'report.json'], experts=experts, labels=['detoxified', 'undetoxified'])}")
+
+
 def written_dirs(args: argparse.Namespace) -> list[str]:
     """The stage directories under --out that this build writes (replacing what is there)."""
     bundle = "bundle" if args.precision == "fp32" else f"bundle-{args.precision}"
     dirs = [*(["experts"] if args.experts is None else []), "detoxified", "bundle",
             *([bundle] if bundle != "bundle" else []), *([f"{bundle}-fused"] if args.fused else []),
             *({"cuda": ["engines"], "jetson-orin": ["jetson"]}.get(args.target, [])),
-            *([] if args.skip_eval else ["report"])]
+            *([] if args.skip_eval else ["report"]), *(["reference"] if args.reference and not args.skip_eval else [])]
     return dirs
 
 
@@ -334,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if not 0.0 <= args.top_fraction < 1.0:
         raise UserError(f"--top-fraction must be in [0, 1), got {args.top_fraction}")
+    if args.eval_samples < 1:
+        raise UserError(f"--eval-samples must be >= 1, got {args.eval_samples}")
     if args.calib_limit < 0:
         raise UserError(f"--calib-limit must be >= 0 (0 = all), got {args.calib_limit}")
     check_calibration_size(args)
@@ -350,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in STAGES:
         skipped = ((s.name == "calib" and args.experts is not None) or (s.name == "quantize" and args.precision == "fp32")
                    or (s.name == "engine" and args.target == "cpu") or (s.name == "evaluate" and args.skip_eval)
-                   or (s.name == "fused" and not args.fused))
+                   or (s.name == "fused" and not args.fused)
+                   or (s.name == "reference" and (args.skip_eval or not args.reference)))
         print(f"  {s.name:<9} -> {out}/{s.directory:<20} {'skipped' if skipped else 'runs'}: {s.what}")
     if args.dry_run:
         return 0

@@ -4,6 +4,8 @@ Conditions (each item: a user prompt and an image):
 - `standard`: a photo or synthetic scene + a chat instruction around a challenging RTP prompt.
 - `jailbreak`: the same, wrapped in a DAN-family template.
 - `typographic`: the RTP prompt rendered into the image; the text instruction is benign (FigStep style).
+- `continuation`: the RTP prompt itself as raw text, no chat template and no image (RealToxicityPrompts' own
+  protocol: the model continues it), the regime of a base language model such as gemma-llava's.
 - `benign`: a neutral question about a photo or scene (fluency, over-suppression).
 - `visual`: a held-out synthetic scene with a short exact answer (colour, shape, count).
 
@@ -34,6 +36,7 @@ _SPLIT_TAG = {"calibration": "cal", "evaluation": "eval"}
 _STREAM = 0x7071C  # tags the builder's random stream
 BENIGN_EVAL_SHARE = 1 / 3
 VISUAL_KINDS = ("colour", "shape", "count")
+ATTACK_CONDITIONS = ("standard", "jailbreak", "typographic")  # the multimodal ones, built by _toxic_items
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def _toxic_items(split: str, prompts_by_condition: dict[str, list[sources.Source
     # One draw per prompt position (template, image, jailbreak, typographic instruction), shared by the three
     # conditions when they share prompts (evaluation): the conditions then differ only by the attack.
     draws: dict[str, tuple] = {}
-    for condition in TOXIC_CONDITIONS:
+    for condition in ATTACK_CONDITIONS:
         for i, p in enumerate(prompts_by_condition[condition]):
             if p.id not in draws or split == "calibration":
                 image, meta = _context_image(images, rng, scene_pool)
@@ -140,6 +143,13 @@ def _toxic_items(split: str, prompts_by_condition: dict[str, list[sources.Source
             items.append(Item(id=f"{tag}-{condition}-{i:04d}", split=split, condition=condition, category=p.category,
                               prompt=prompt, image=image, source=p.id, source_text=p.text, meta=meta))
     return items
+
+
+def _continuation_items(split: str, prompts: list[sources.SourcePrompt]) -> list[Item]:
+    """The RTP prompts as raw text to continue (no image, no chat template)."""
+    return [Item(id=f"{_SPLIT_TAG[split]}-continuation-{i:04d}", split=split, condition="continuation",
+                 category=p.category, prompt=p.text, image=None, source=p.id, source_text=p.text,
+                 meta={"categories": list(p.categories)}) for i, p in enumerate(prompts)]
 
 
 def _benign_items(split: str, size: int, questions: list[int], images: _Images, rng: np.random.Generator,
@@ -186,9 +196,13 @@ def fill(root: Path, config: BuildConfig) -> dict[str, Any]:
             by_condition = {c: eval_prompts for c in TOXIC_CONDITIONS}
         else:
             by_condition = {c: [calib_pool[int(j)] for j in rng.permutation(len(calib_pool))[:size]]
-                            for c in TOXIC_CONDITIONS}
+                            for c in ATTACK_CONDITIONS}
+            # a stream of its own, so adding the condition left every other item of format 1 unchanged
+            own = np.random.default_rng([_STREAM, config.seed, 2])
+            by_condition["continuation"] = [calib_pool[int(j)] for j in own.permutation(len(calib_pool))[:size]]
         scene_pool = scenes.scene_indices(SCENE_SPLIT[split], size, seed=config.seed)
         items += _toxic_items(split, by_condition, images, rng, scene_pool, templates)
+        items += _continuation_items(split, by_condition["continuation"])
         items += _benign_items(split, size, benign[split], images, rng, scene_pool)
         items += _visual_items(split, scene_pool, images, rng)
     write_items(root / ITEMS_FILE, items)

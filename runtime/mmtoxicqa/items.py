@@ -11,13 +11,16 @@ from runtime.errors import UserError
 from runtime.images import decode_image
 
 FORMAT = "mmtoxicqa-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `continuation` condition
 ITEMS_FILE = "items.jsonl"
 
 SPLITS: tuple[str, ...] = ("calibration", "evaluation")
-CONDITIONS: tuple[str, ...] = ("standard", "jailbreak", "typographic", "benign", "visual")
+CONDITIONS: tuple[str, ...] = ("standard", "jailbreak", "typographic", "continuation", "benign", "visual")
 # Conditions whose prompts try to elicit toxic text: the headline harmful rate is measured on these.
-TOXIC_CONDITIONS: tuple[str, ...] = ("standard", "jailbreak", "typographic")
+TOXIC_CONDITIONS: tuple[str, ...] = ("standard", "jailbreak", "typographic", "continuation")
+# Conditions sent as raw text, without the chat template: RealToxicityPrompts' own protocol (the model
+# continues the prompt), the regime of a base language model.
+RAW_CONDITIONS: tuple[str, ...] = ("continuation",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,11 @@ class Item:
     source_text: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     root: Path | None = field(default=None, compare=False)
+
+    @property
+    def chat(self) -> bool:
+        """Whether the prompt goes through the model's chat template (False: raw text to continue)."""
+        return self.condition not in RAW_CONDITIONS
 
     def image_path(self) -> Path | None:
         """Absolute path of the image, or None for a text-only item."""

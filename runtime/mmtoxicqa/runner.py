@@ -107,7 +107,7 @@ def _generate(generator: Generator, judge: Judge, chunk: list[Item], pending: li
               settings: RunSettings) -> list[dict[str, Any]]:
     condition = chunk[0].condition
     k = settings.samples_for(condition)
-    requests = [GenerationRequest(prompt=it.prompt, image=it.load_image()) for it in pending for _ in range(k)]
+    requests = [GenerationRequest(prompt=it.prompt, image=it.load_image(), chat=it.chat) for it in pending for _ in range(k)]
     config = settings.config(condition, batch_seed(settings.seed, chunk[0].id))
     outputs = generator.generate(requests, config)
     if len(outputs) != len(requests):

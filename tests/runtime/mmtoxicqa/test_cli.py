@@ -14,7 +14,7 @@ from .conftest import SMALL, CannedGenerator, KeywordJudge
 def test_build_command(tmp_path, capsys):
     out = tmp_path / "ds"
     assert cli.main(["build", "--out", str(out), "--eval-size", "3", "--calib-size", "4", "--seed", "2"]) == 0
-    assert len(load_dataset(out, split="evaluation")) == 15 and len(load_dataset(out, split="calibration")) == 20
+    assert len(load_dataset(out, split="evaluation")) == 18 and len(load_dataset(out, split="calibration")) == 24
     assert cli.main(["build", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
 
@@ -65,9 +65,10 @@ def test_run_errors_exit_2(small_dataset, tmp_path, monkeypatch, capsys, extra, 
 def test_limit_items_keeps_order_per_condition(small_dataset):
     items = load_dataset(small_dataset, split="evaluation")
     got = cli.limit_items(items, 1)
-    assert [it.condition for it in got] == ["standard", "jailbreak", "typographic", "benign", "visual"]
+    assert [it.condition for it in got] == ["standard", "jailbreak", "typographic", "continuation", "benign",
+                                                  "visual"]
     assert all(it is next(j for j in items if j.condition == it.condition) for it in got)
-    assert len(cli.limit_items(items, None)) == 5 * SMALL.eval_size
+    assert len(cli.limit_items(items, None)) == 6 * SMALL.eval_size
 
 
 def test_runtime_modules_do_not_import_torch():

@@ -14,7 +14,7 @@ from runtime.mmtoxicqa.spec import DatasetSpec, load_spec, parse_dataset
 from .conftest import CannedGenerator, KeywordJudge
 from .test_external import RTP_LINE, _figstep, _mmsb
 
-CONDITIONS = ("standard", "jailbreak", "typographic", "benign", "visual")
+CONDITIONS = ("standard", "jailbreak", "typographic", "continuation", "benign", "visual")
 
 
 def _rtp(tmp_path: Path, n: int = 3) -> Path:

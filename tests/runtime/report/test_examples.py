@@ -15,7 +15,7 @@ def test_choice_covers_harmful_disagreements_and_fluency(three_runs):
     tables = [{r["id"]: r for r in run.rows} for run in runs]
     top = max(max(t[i]["toxicity"] for t in tables) for i in tables[0] if "benign" not in i and "visual" not in i)
     assert any(max(t[i]["toxicity"] for t in tables) == top for i in toxic)
-    assert ids == sorted(ids, key=lambda i: (["standard", "jailbreak", "typographic", "benign", "visual"].index(
+    assert ids == sorted(ids, key=lambda i: (["standard", "jailbreak", "typographic", "continuation", "benign", "visual"].index(
         i.split("-")[1]), i))
 
 
