@@ -31,28 +31,25 @@ SHIPPED_PROJECTOR = SHIPPED_PROJECTORS["smol-llava"]
 SHIPPED_LORAS = {"gemma-llava": _ASSETS / "gemma-llava" / "gemma_llava_lora.safetensors"}
 
 
-def shipped_projector(model_type: str = "smol-llava") -> Path | None:
-    """The shipped projector, checked against the sha256 in its manifest; None when the package has none."""
-    path = SHIPPED_PROJECTORS[model_type]
-    if not path.is_file():
-        return None
-    manifest = read_manifest(path.parent, verify=True)
-    if path.name not in manifest.get("files", {}):
-        raise UserError(f"{path.parent / 'manifest.json'} does not list {path.name}; "
-                        "reinstall the package or regenerate the projector with python -m calib.align")
-    return path
-
-
-def shipped_lora(model_type: str) -> Path | None:
-    """The shipped LoRA deltas of a family model, checked against its manifest; None when it ships none."""
-    path = SHIPPED_LORAS.get(model_type)
+def _shipped(path: Path | None, retrain: str) -> Path | None:
+    """A shipped asset file, checked against the sha256 in its directory's manifest; None when absent."""
     if path is None or not path.is_file():
         return None
     manifest = read_manifest(path.parent, verify=True)
     if path.name not in manifest.get("files", {}):
         raise UserError(f"{path.parent / 'manifest.json'} does not list {path.name}; "
-                        "reinstall the package or retrain with python -m calib.align --lora-rank")
+                        f"reinstall the package or {retrain}")
     return path
+
+
+def shipped_projector(model_type: str = "smol-llava") -> Path | None:
+    """The shipped projector of a family model; None when the package has none."""
+    return _shipped(SHIPPED_PROJECTORS[model_type], "regenerate the projector with python -m calib.align")
+
+
+def shipped_lora(model_type: str) -> Path | None:
+    """The shipped LoRA deltas of a family model; None when it ships none."""
+    return _shipped(SHIPPED_LORAS.get(model_type), "retrain with python -m calib.align --lora-rank")
 
 
 def family_dir(model_type: str = "smol-llava", shipped: bool = True, tokens_per_patch: int = 1) -> Path:
