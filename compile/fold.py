@@ -25,7 +25,7 @@ import torch
 
 from calib.experts import Experts, check_units, load_experts, model_units
 from calib.intervention import row_scales, suppress
-from calib.models import load_model, resolve
+from calib.models import FAMILY, load_model, resolve
 from calib.models.base import MultimodalModel
 from runtime import cli
 from runtime.artifacts import MANIFEST, atomic_dir, check_output, read_manifest, sha256_file, write_manifest
@@ -153,7 +153,7 @@ def _refuse_folded(model: MultimodalModel, location: Any) -> None:
 
 def _save(model: MultimodalModel, model_type: str, location: Any, out: Path, marker: dict[str, Any]) -> None:
     """Write the folded model as a checkpoint of its own type, with the fold marker in config.json."""
-    if model_type == "smol-llava":
+    if model_type in FAMILY:  # smol-llava, gemma-llava: the family's own directory format
         model.config[FOLDED_KEY] = marker
         model.save(out)
         return

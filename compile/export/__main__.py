@@ -16,7 +16,8 @@ def parser() -> argparse.ArgumentParser:
                                             "through Optimum, validated against PyTorch, with tokenizer.json, "
                                             "runtime.json and manifest.json.")
     p.add_argument("--model", required=True,
-                   help="smol-llava, llava, tiny-random-llava, or a model directory (e.g. a folded checkpoint)")
+                   help="smol-llava, gemma-llava, llava, tiny-random-llava, or a model directory (e.g. a folded "
+                        "checkpoint)")
     p.add_argument("--out", required=True, type=Path, help="bundle directory (new, empty, or a bundle with --overwrite)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET}; default %(default)s)")
     p.add_argument("--external-data", action="store_true",

@@ -3,21 +3,25 @@ registers its architectures (`TasksManager.create_register("onnx")`).
 
 - `sgm-llava-vision`: CLIP vision tower + LLaVA projector; `sgm-smol-llava-vision`: EfficientNet-Lite0 +
   projector. Both map pixel_values [n, 3, S, S] to image_embeds [n, tokens, hidden].
-- `sgm-embed`: the token embedding, input_ids -> inputs_embeds.
-- `sgm-llama-decoder`: Optimum's Llama decoder config with `inputs_embeds` in place of `input_ids`, past key
-  values in the inputs and present key values in the outputs (one graph for prefill and decode).
+- `sgm-embed`: the token embedding, input_ids -> inputs_embeds (with any scale the model applies inside it).
+- `sgm-<model_type>-decoder`, one per language-model architecture, chosen by the language model's
+  `model_type` (`register_decoder`): Optimum's own config for that architecture with `inputs_embeds` in place of
+  `input_ids`, explicit position ids, past key values in the inputs and present key values in the outputs (one
+  graph for prefill and decode). Registered: `llama` (LLaVA-1.5, smol-llava) and `gemma3_text` (gemma-llava).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 from optimum.exporters.onnx.base import OnnxConfig
-from optimum.exporters.onnx.model_configs import LlamaOnnxConfig
+from optimum.exporters.onnx.model_configs import Gemma3TextOnnxConfig, LlamaOnnxConfig
 from optimum.exporters.tasks import TasksManager
 from optimum.utils.input_generators import DummyInputGenerator, DummyVisionInputGenerator
 from optimum.utils.normalized_config import NormalizedConfig, NormalizedTextConfig, NormalizedVisionConfig
 from transformers import PretrainedConfig
+
+from runtime.errors import UserError
 
 register_tasks_manager_onnx = TasksManager.create_register("onnx")
 
@@ -104,22 +108,52 @@ class TokenEmbeddingOnnxConfig(OnnxConfig):
         return {"inputs_embeds": {0: "batch_size", 1: "sequence_length"}}
 
 
-@register_tasks_manager_onnx("sgm-llama-decoder", TASKS["decoder"], library_name=LIBRARY)
-class LlamaEmbedsDecoderOnnxConfig(LlamaOnnxConfig):
-    """Optimum's Llama decoder with past, fed `inputs_embeds` instead of `input_ids`.
+# The language model's model_type -> its decoder config (filled by register_decoder).
+DECODERS: dict[str, type[OnnxConfig]] = {}
 
-    The attention mask spans past + current positions; the dummy inputs pad it to that length here
-    (Optimum's own padding reads `input_ids`, which this graph does not have).
+
+def decoder_name(lm_model_type: str) -> str:
+    """The TasksManager model type of the decoder part for a language model of `lm_model_type`."""
+    return f"sgm-{lm_model_type}-decoder"
+
+
+def register_decoder(lm_model_type: str) -> Callable[[type[OnnxConfig]], type[OnnxConfig]]:
+    """Register a decoder config for language models of `lm_model_type`, here and with Optimum's TasksManager."""
+
+    def register(cls: type[OnnxConfig]) -> type[OnnxConfig]:
+        register_tasks_manager_onnx(decoder_name(lm_model_type), TASKS["decoder"], library_name=LIBRARY)(cls)
+        DECODERS[lm_model_type] = cls
+        return cls
+
+    return register
+
+
+def check_decoder_supported(lm_model_type: str, model_name: str | None = None) -> None:
+    """Refuse a language model whose architecture has no decoder config."""
+    if lm_model_type not in DECODERS:
+        who = f"{model_name}: its language model" if model_name else "the language model"
+        raise UserError(f"{who} is {lm_model_type!r}; the decoder export supports "
+                        f"{', '.join(sorted(DECODERS))} language models (compile.export.configs.register_decoder "
+                        "adds an architecture)")
+
+
+class EmbedsDecoderMixin:
+    """Turns an Optimum text-decoder config (the next base class) into the bundle's decoder: `inputs_embeds` in
+    place of `input_ids`, then `attention_mask` (past + current positions), `position_ids` (left-padded batches
+    need them explicit) and the past key values.
+
+    The dummy attention mask is padded to past + current length here (Optimum's own padding reads `input_ids`,
+    which this graph does not have).
     """
 
-    DUMMY_INPUT_GENERATOR_CLASSES = (DummyInputsEmbedsGenerator,) + LlamaOnnxConfig.DUMMY_INPUT_GENERATOR_CLASSES
     PAD_ATTENTION_MASK_TO_PAST = False
     DEFAULT_ONNX_OPSET = 17
 
     @property
     def inputs(self) -> dict[str, dict[int, str]]:
         common = super().inputs
-        out = OrderedDict({"inputs_embeds": common.pop("input_ids")})
+        out = OrderedDict({"inputs_embeds": common.pop("input_ids"), "attention_mask": common.pop("attention_mask"),
+                           "position_ids": common.pop("position_ids", {0: "batch_size", 1: "sequence_length"})})
         out.update(common)
         return out
 
@@ -133,11 +167,33 @@ class LlamaEmbedsDecoderOnnxConfig(LlamaOnnxConfig):
         return dummy
 
 
+@register_decoder("llama")
+class LlamaEmbedsDecoderOnnxConfig(EmbedsDecoderMixin, LlamaOnnxConfig):
+    """Optimum's Llama decoder with past, fed `inputs_embeds` (LLaVA-1.5, smol-llava)."""
+
+    DUMMY_INPUT_GENERATOR_CLASSES = (DummyInputsEmbedsGenerator,) + LlamaOnnxConfig.DUMMY_INPUT_GENERATOR_CLASSES
+
+
+@register_decoder("gemma3_text")
+class Gemma3TextEmbedsDecoderOnnxConfig(EmbedsDecoderMixin, Gemma3TextOnnxConfig):
+    """Optimum's Gemma 3 text decoder with past, fed `inputs_embeds` (gemma-llava).
+
+    Every layer's key/values are kept in full (Optimum passes the past as a plain DynamicCache); sliding-window
+    layers see only the last `sliding_window` positions through the attention mask, which is what PyTorch computes
+    with its sliding-window cache. The embedding's sqrt(hidden) scale lives in the embed graph, not here.
+    """
+
+    DUMMY_INPUT_GENERATOR_CLASSES = (DummyInputsEmbedsGenerator,) + Gemma3TextOnnxConfig.DUMMY_INPUT_GENERATOR_CLASSES
+
+
 def onnx_config(part: str, config: PretrainedConfig) -> OnnxConfig:
-    """The registered OnnxConfig of a part (config.model_type names it), built through Optimum's TasksManager."""
+    """The registered OnnxConfig of a part, built through Optimum's TasksManager: the vision and embed parts'
+    configs name theirs in `model_type`; the decoder's is the one registered for the language model's model_type."""
     task = TASKS[part]
-    constructor = TasksManager.get_exporter_config_constructor(
-        exporter="onnx", task=task, model_type=config.model_type if part != "decoder" else "sgm-llama-decoder",
-        library_name=LIBRARY)
+    if part == "decoder":
+        check_decoder_supported(config.model_type)
+    name = decoder_name(config.model_type) if part == "decoder" else config.model_type
+    constructor = TasksManager.get_exporter_config_constructor(exporter="onnx", task=task, model_type=name,
+                                                               library_name=LIBRARY)
     kwargs = {"use_past_in_inputs": True} if part == "decoder" else {}
     return constructor(config, **kwargs)

@@ -2,8 +2,9 @@
 
 Each part calls the model interface (calib.models.base.MultimodalModel) directly, so the graphs compute
 exactly what the PyTorch model computes in `generate`: `encode_images` (vision tower + projector),
-`embed_tokens`, and `decode` (the language model on embeddings with a KV cache). Each carries a small
-`PretrainedConfig` whose `model_type` names the OnnxConfig registered for it (compile.export.configs).
+`embed_tokens`, and `decode` (the language model on embeddings with a KV cache). The vision and embed parts carry a
+small `PretrainedConfig` whose `model_type` names the OnnxConfig registered for it; the decoder carries the
+language model's own config, whose `model_type` picks the decoder config (compile.export.configs).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ PARTS = (VISION, EMBED, DECODER)
 
 
 def model_type(model: MultimodalModel) -> str:
-    """'llava' or 'smol-llava': the zoo family of a loaded model."""
+    """'llava' or 'smol-llava': the zoo family of a loaded model, which names its vision config (the smol-llava
+    family, gemma-llava included, shares EfficientNet-Lite0 + projector)."""
     from calib.models.llava import Llava
     from calib.models.smol_llava import SmolLlava
 
@@ -29,20 +31,21 @@ def model_type(model: MultimodalModel) -> str:
         return "llava"
     if isinstance(model, SmolLlava):
         return "smol-llava"
-    raise UserError(f"{type(model).__name__} has no ONNX export recipe; export smol-llava or a llava-hf model")
+    raise UserError(f"{type(model).__name__} has no ONNX export recipe; export a smol-llava family model "
+                    "(smol-llava, gemma-llava) or a llava-hf model")
 
 
 def text_config(model: MultimodalModel) -> PretrainedConfig:
-    """The language model's transformers config (a LlamaConfig for every model the zoo has today)."""
+    """The language model's transformers config; its model_type must have a decoder config (compile.export.configs)."""
+    from compile.export.configs import check_decoder_supported
+
     cfg = model.hf.config.text_config if model_type(model) == "llava" else model.module.language_model.config
-    if cfg.model_type != "llama":
-        raise UserError(f"{model.name}: its language model is {cfg.model_type!r}; the decoder export supports "
-                        "Llama-family language models only (LLaVA-1.5, smol-llava)")
+    check_decoder_supported(cfg.model_type, model.name)
     return cfg
 
 
 def head_dim(cfg: PretrainedConfig) -> int:
-    """Size of one attention head (explicit in newer Llama configs, hidden / heads otherwise)."""
+    """Size of one attention head (explicit in Gemma and newer Llama configs, hidden / heads otherwise)."""
     return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 

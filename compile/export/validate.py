@@ -2,8 +2,11 @@
 
 The inputs are the ones generation feeds: preprocessed images for `vision`; the token ids of chat prompts
 for `embed`; for `decoder`, a left-padded batch of image + text prompt embeddings as the prefill (past
-length 0), then one decode step on the prefill's present key values (past length > 0). Each check reports
-the largest absolute difference and fails above its tolerance.
+length 0), then one decode step on the prefill's own present key values (past length > 0), as the runtime
+chains them. A language model with sliding-window layers is checked a second time on a batch whose longest
+prompt runs past the window (a short prompt left-padded beside it): PyTorch keeps only the window in those
+layers' cache, the graph keeps every position and masks the rest, and both must give the same logits.
+Each check reports the largest absolute difference and fails above its tolerance.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from compile.export.parts import DECODER, EMBED, VISION, head_dim, text_config
 from runtime.errors import UserError
 
 # fp32 ONNX Runtime (fused kernels) vs PyTorch. Measured on smol-llava: vision 4.4e-6, embed 0, decoder logits
-# 5.2e-4 (|logits| ~ 20); a wrong mask, position or weight moves logits by 1e-2 and more.
+# 5.2e-4 (|logits| ~ 20); on gemma-llava: vision 7.2e-5, embed 0, logits 1.1e-4 (578 positions, past its window of
+# 512), present key/values 3.4e-4. A wrong mask, position or weight moves logits by 1e-2 and more.
 TOLERANCES = {VISION: 1e-3, EMBED: 0.0, DECODER: 2e-3}
+LONG_PAST_WINDOW = 64  # the long check's prompt runs this many tokens past the sliding window
 CHECK_QUESTIONS = ("What is in the image?", "How many shapes are there, and what colours are they?")
 
 
@@ -83,11 +88,18 @@ def position_ids(mask: np.ndarray) -> np.ndarray:
     return np.clip(np.cumsum(mask, axis=-1) - 1, 0, None).astype(np.int64)
 
 
-def _max_diff(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+def _max_diff(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None, rows: int = 64) -> float:
+    """Largest |a - b| in float64 over the rows (all axes but the last) that `where` keeps, a few rows at a time:
+    all-position logits of a long batch over a large vocabulary take gigabytes."""
     if a.shape != b.shape:
         raise UserError(f"ONNX output shape {a.shape} differs from PyTorch's {b.shape}; re-export the model")
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    return float((d[where] if where is not None else d).max())
+    flat_a, flat_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    keep = np.flatnonzero(np.ones(flat_a.shape[0], bool) if where is None else np.asarray(where).reshape(-1))
+    worst = 0.0
+    for start in range(0, len(keep), rows):
+        idx = keep[start:start + rows]
+        worst = max(worst, float(np.abs(flat_a[idx].astype(np.float64) - flat_b[idx].astype(np.float64)).max()))
+    return worst
 
 
 @torch.no_grad()
@@ -109,14 +121,48 @@ def check_embed(model: MultimodalModel, path: Path, prompts: Sequence[tuple[list
     return Check(EMBED, f"{len(seqs)} prompts, {ids.shape[1]} tokens", _max_diff(got, ref), tol)
 
 
-def _legacy(past: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(layer.keys.numpy(), layer.values.numpy()) for layer in past.layers]
+def sliding_window(cfg: Any) -> int | None:
+    """The attention window of a language model with sliding-window layers (None when every layer sees all)."""
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if not isinstance(window, int) or (types is not None and "sliding_attention" not in types):
+        return None
+    return window
+
+
+def long_prompts(model: MultimodalModel, images: Sequence[Any], length: int) -> list[tuple[list[int], list[Any]]]:
+    """An image prompt of at least `length` tokens (scene captions as its question) and a short text prompt."""
+    from runtime.scenes import scene
+
+    captions: list[str] = []
+    ids = model.tokenize(model.chat_prompt(CHECK_QUESTIONS[0], True))
+    while len(ids) < length:
+        captions.append(scene(len(captions)).caption)
+        ids = model.tokenize(model.chat_prompt(" ".join(captions) + " " + CHECK_QUESTIONS[0], True))
+    return [(ids, [images[0]]), (model.tokenize(model.chat_prompt("Say something kind about cats.", False)), [])]
+
+
+def _present_diff(got: dict[str, np.ndarray], past: Any, real: np.ndarray) -> float:
+    """Largest |difference| of every layer's present key/values at real positions. A sliding-window layer's
+    PyTorch cache holds only the last positions; they are compared with the graph's last positions."""
+    worst = 0.0
+    for i, layer in enumerate(past.layers):
+        for name, ref in (("key", layer.keys.numpy()), ("value", layer.values.numpy())):
+            mine = got[f"present.{i}.{name}"]
+            n = ref.shape[2]
+            if mine.shape[2] < n or mine.shape[:2] + mine.shape[3:] != ref.shape[:2] + ref.shape[3:]:
+                raise UserError(f"ONNX present.{i}.{name} has shape {mine.shape}, PyTorch's cache {ref.shape}; "
+                                "re-export the model")
+            where = np.broadcast_to(real[:, None, mine.shape[2] - n:], ref.shape[:3])
+            worst = max(worst, _max_diff(mine[:, :, mine.shape[2] - n:], ref, where))
+    return worst
 
 
 @torch.no_grad()
 def check_decoder(model: MultimodalModel, path: Path, prompts: Sequence[tuple[list[int], list[Any]]],
-                  tol: float) -> list[Check]:
-    """Prefill (past length 0) and one decode step; logits at real positions and every present key/value."""
+                  tol: float, label: str = "") -> list[Check]:
+    """Prefill (past length 0) and one decode step on the prefill's present key/values; logits at real
+    positions and every present key/value. `label` prefixes each check's description."""
     cfg = text_config(model)
     embeds = [model.inputs_embeds(ids, images).float().numpy() for ids, images in prompts]
     x, mask = left_pad(embeds)
@@ -131,27 +177,24 @@ def check_decoder(model: MultimodalModel, path: Path, prompts: Sequence[tuple[li
     got = dict(zip(names, sess.run(names, feed)))
     logits, past = model.decode(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(pos), None)
     real = mask.astype(bool)
-    checks = [Check(DECODER, f"prefill logits ({b} prompts, {x.shape[1]} positions, past 0)",
-                    _max_diff(got["logits"], logits.numpy(), real), tol)]
-    ref_kv = _legacy(past)
-    kv = 0.0
-    for i, (k, v) in enumerate(ref_kv):
-        where = np.broadcast_to(real[:, None, :, None], k.shape)
-        kv = max(kv, _max_diff(got[f"present.{i}.key"], k, where), _max_diff(got[f"present.{i}.value"], v, where))
-    checks.append(Check(DECODER, "prefill present key/values", kv, tol))
+    checks = [Check(DECODER, f"{label}prefill logits ({b} prompts, {x.shape[1]} positions, past 0)",
+                    _max_diff(got.pop("logits"), logits.numpy(), real), tol),
+              Check(DECODER, f"{label}prefill present key/values", _present_diff(got, past, real), tol)]
 
     nxt = logits[:, -1].argmax(-1)[:, None]
+    del logits  # all-position logits of a long batch: gigabytes at a large vocabulary
     step_x = model.embed_tokens(nxt).float().numpy()
     step_mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
     step_pos = pos[:, -1:] + 1
     feed = {"inputs_embeds": step_x, "attention_mask": step_mask, "position_ids": step_pos}
-    for i, (k, v) in enumerate(ref_kv):
-        feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = k, v
-    got = dict(zip(names, sess.run(names, feed)))
+    for i in range(cfg.num_hidden_layers):
+        for name in ("key", "value"):
+            feed[f"past_key_values.{i}.{name}"] = got[f"present.{i}.{name}"]
+    step_got = sess.run(["logits"], feed)[0]
     step_logits, _ = model.decode(torch.from_numpy(step_x), torch.from_numpy(step_mask),
                                   torch.from_numpy(step_pos), past)
-    checks.append(Check(DECODER, f"decode step logits (past {x.shape[1]})",
-                        _max_diff(got["logits"], step_logits.numpy()), tol))
+    checks.append(Check(DECODER, f"{label}decode step logits (past {x.shape[1]})",
+                        _max_diff(step_got, step_logits.numpy()), tol))
     return checks
 
 
@@ -165,6 +208,11 @@ def validate_graphs(model: MultimodalModel, directory: str | os.PathLike,
     checks = [check_vision(model, directory / f"{VISION}.onnx", images, tol[VISION]),
               check_embed(model, directory / f"{EMBED}.onnx", prompts, tol[EMBED]),
               *check_decoder(model, directory / f"{DECODER}.onnx", prompts, tol[DECODER])]
+    window = sliding_window(text_config(model))
+    if window is not None and window + LONG_PAST_WINDOW <= (model.context_length() or window + LONG_PAST_WINDOW):
+        long = long_prompts(model, images, window + LONG_PAST_WINDOW)
+        checks += check_decoder(model, directory / f"{DECODER}.onnx", long, tol[DECODER],
+                                f"past the sliding window ({window}): ")
     failed = [c for c in checks if not c.ok]
     if failed:
         raise UserError("the exported graphs do not match PyTorch: " + "; ".join(

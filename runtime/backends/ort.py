@@ -6,6 +6,10 @@ to start (ORT silently falls back to CPU), is an error rather than a quiet slowd
 
 The decoder runs through IO binding: the present key/values it produces stay as ORT-owned OrtValues
 (on the device of the first provider) and are bound as the next step's past without a copy to numpy.
+
+The standard decoder computes logits at every position it is given. A prefill whose logits would pass
+`max_logits_bytes` (a batch of long prompts over a large vocabulary: 8 jailbreak prompts of ~1,000 tokens over
+gemma-llava's 262,144 tokens are 8.6 GB) runs in chunks of positions chained through the KV cache instead.
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ class OrtOptions:
     # which decoder graph generates: "standard" (the exported graph), "fused" (the bundle's fused_decoder, an
     # error when it has none), "auto" (fused when the bundle has one for the first provider, else standard)
     decoder: str = "auto"
+    # a last-position prefill whose all-position logits would pass this many bytes runs in chunks of positions
+    max_logits_bytes: int = 2 << 30
 
     def intra_op_threads(self) -> int:
         if self.threads is not None:
@@ -294,6 +300,10 @@ class OrtBackend(Backend):
             raise ValueError(f"decoder inputs do not line up: embeds {inputs_embeds.shape}, "
                              f"mask {attention_mask.shape}, positions {position_ids.shape}, "
                              f"cache {cache.batch}x{cache.length}")
+        if last_only and not self.fused and s > 1:
+            chunk = self.prefill_chunk(b)
+            if s > chunk:
+                return self._decode_chunked(inputs_embeds, attention_mask, position_ids, cache, chunk)
         if self.fused:
             if last_only or self.bundle.spec.fused_decoder.logits_positions == "all":
                 return self._decode_fused(inputs_embeds, attention_mask, cache, last_only)
@@ -311,6 +321,23 @@ class OrtBackend(Backend):
             logits, *present = self._sessions["decoder"].run([d.logits, *self._present], feed)
         logits = logits[:, -1] if last_only else logits
         return logits.astype(np.float32, copy=False), KVCache(b, cache.length + s, tuple(present))
+
+    def prefill_chunk(self, batch: int) -> int:
+        """Positions per standard-decoder run for a last-position prefill of `batch` sequences: as many as keep
+        the run's all-position float32 logits within `max_logits_bytes` (at least one)."""
+        if self.options.max_logits_bytes < 1:
+            raise UserError(f"max_logits_bytes must be >= 1, got {self.options.max_logits_bytes}")
+        return max(1, self.options.max_logits_bytes // (batch * self.bundle.spec.vocab_size * 4))
+
+    def _decode_chunked(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                        cache: KVCache, chunk: int) -> tuple[np.ndarray, KVCache]:
+        """A last-position prefill as runs of `chunk` positions, each continuing the previous one's cache."""
+        past = cache.length
+        for start in range(0, inputs_embeds.shape[1], chunk):
+            end = min(start + chunk, inputs_embeds.shape[1])
+            logits, cache = self.decode(inputs_embeds[:, start:end], attention_mask[:, :past + end],
+                                        position_ids[:, start:end], cache)
+        return logits, cache
 
     def _decode_standard(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray,
                          position_ids: np.ndarray) -> tuple[np.ndarray, KVCache]:

@@ -1,6 +1,7 @@
 """The torch-free generation loop on a compiled bundle gives the PyTorch model's tokens for the same requests."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,17 @@ def test_greedy_tokens_are_identical_to_pytorch(generator: BundleGenerator, gree
     ours = generator.generate(requests, GenerationConfig(max_new_tokens=64), batch_size=batch_size)
     assert [len(r.token_ids) for r in ours[:3]] == [64, 64, 64]
     assert ours == greedy_reference
+
+
+def test_a_prefill_past_the_logits_budget_runs_in_chunks(tiny_bundle: Path, greedy_reference, requests):
+    """A batch whose all-position prefill logits pass max_logits_bytes runs in chunks of 7 positions chained
+    through the cache (image prompts are ~40 tokens): the same tokens as one prefill and as PyTorch."""
+    vocab = json.loads((tiny_bundle / "runtime.json").read_text())["vocab_size"]
+    gen = BundleGenerator.open(tiny_bundle, threads=1, max_logits_bytes=7 * 5 * vocab * 4)
+    assert gen.backend.prefill_chunk(5) == 7 and gen.backend.prefill_chunk(1) == 35
+    assert gen.generate(requests, GenerationConfig(max_new_tokens=64), batch_size=5) == greedy_reference
+    with pytest.raises(UserError, match="max_logits_bytes must be >= 1"):
+        BundleGenerator.open(tiny_bundle, threads=1, max_logits_bytes=0).generate(requests[:1], GenerationConfig())
 
 
 def test_seeded_sampling_is_identical_to_pytorch_and_independent_of_batching(generator: BundleGenerator, tiny_llava,
