@@ -23,9 +23,12 @@ from compile.export.parts import DECODER, EMBED, VISION, head_dim, text_config
 from runtime.errors import UserError
 
 # fp32 ONNX Runtime (fused kernels) vs PyTorch. Measured on smol-llava: vision 4.4e-6, embed 0, decoder logits
-# 5.2e-4 (|logits| ~ 20); on gemma-llava: vision 7.2e-5, embed 0, logits 1.1e-4 (578 positions, past its window of
-# 512), present key/values 3.4e-4. A wrong mask, position or weight moves logits by 1e-2 and more.
-TOLERANCES = {VISION: 1e-3, EMBED: 0.0, DECODER: 2e-3}
+# 5.2e-4 (|logits| ~ 20); on gemma-llava: vision 1.5e-4, embed 0, logits 2.7e-4 (|logits| ~ 40; prompts of 71 and
+# of 578 positions, past its window of 512), present key/values 6.7e-4. A wrong mask, position or weight moves
+# logits by 1e-2 and more (ignoring gemma-llava's sliding window: by up to 38 on that prompt). Present key/values
+# have their own tolerance: they reach |90| in gemma-llava, where 6.7e-4 is 7e-6 of their size (fp32 rounding).
+PRESENT = "present"
+TOLERANCES = {VISION: 1e-3, EMBED: 0.0, DECODER: 2e-3, PRESENT: 5e-3}
 LONG_PAST_WINDOW = 64  # the long check's prompt runs this many tokens past the sliding window
 CHECK_QUESTIONS = ("What is in the image?", "How many shapes are there, and what colours are they?")
 
@@ -160,9 +163,10 @@ def _present_diff(got: dict[str, np.ndarray], past: Any, real: np.ndarray) -> fl
 
 @torch.no_grad()
 def check_decoder(model: MultimodalModel, path: Path, prompts: Sequence[tuple[list[int], list[Any]]],
-                  tol: float, label: str = "") -> list[Check]:
+                  tol: float, label: str = "", kv_tol: float | None = None) -> list[Check]:
     """Prefill (past length 0) and one decode step on the prefill's present key/values; logits at real
-    positions and every present key/value. `label` prefixes each check's description."""
+    positions (within `tol`) and every present key/value (within `kv_tol`, default `tol`). `label` prefixes each
+    check's description."""
     cfg = text_config(model)
     embeds = [model.inputs_embeds(ids, images).float().numpy() for ids, images in prompts]
     x, mask = left_pad(embeds)
@@ -179,7 +183,8 @@ def check_decoder(model: MultimodalModel, path: Path, prompts: Sequence[tuple[li
     real = mask.astype(bool)
     checks = [Check(DECODER, f"{label}prefill logits ({b} prompts, {x.shape[1]} positions, past 0)",
                     _max_diff(got.pop("logits"), logits.numpy(), real), tol),
-              Check(DECODER, f"{label}prefill present key/values", _present_diff(got, past, real), tol)]
+              Check(DECODER, f"{label}prefill present key/values", _present_diff(got, past, real),
+                    tol if kv_tol is None else kv_tol)]
 
     nxt = logits[:, -1].argmax(-1)[:, None]
     del logits  # all-position logits of a long batch: gigabytes at a large vocabulary
@@ -207,12 +212,12 @@ def validate_graphs(model: MultimodalModel, directory: str | os.PathLike,
     prompts = check_prompts(model, images)
     checks = [check_vision(model, directory / f"{VISION}.onnx", images, tol[VISION]),
               check_embed(model, directory / f"{EMBED}.onnx", prompts, tol[EMBED]),
-              *check_decoder(model, directory / f"{DECODER}.onnx", prompts, tol[DECODER])]
+              *check_decoder(model, directory / f"{DECODER}.onnx", prompts, tol[DECODER], kv_tol=tol[PRESENT])]
     window = sliding_window(text_config(model))
     if window is not None and window + LONG_PAST_WINDOW <= (model.context_length() or window + LONG_PAST_WINDOW):
         long = long_prompts(model, images, window + LONG_PAST_WINDOW)
         checks += check_decoder(model, directory / f"{DECODER}.onnx", long, tol[DECODER],
-                                f"past the sliding window ({window}): ")
+                                f"past the sliding window ({window}): ", tol[PRESENT])
     failed = [c for c in checks if not c.ok]
     if failed:
         raise UserError("the exported graphs do not match PyTorch: " + "; ".join(
