@@ -114,7 +114,7 @@ def _dataset(root: Path, per_condition: int) -> Path:
     return root
 
 
-def test_experts_cli_limit_2_is_refused_before_any_response_is_generated(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_experts_cli_limit_1_is_refused_before_any_response_is_generated(tmp_path: Path, monkeypatch, capsys) -> None:
     root = _dataset(tmp_path / "d", 5)
 
     def generate(*a, **k):
@@ -122,25 +122,27 @@ def test_experts_cli_limit_2_is_refused_before_any_response_is_generated(tmp_pat
 
     monkeypatch.setattr(calibset, "model_responses", generate)
     assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(tmp_path / "ex"), "--dataset", str(root),
-                             "--limit", "2", "--judge", "keyword-does-not-load"]) == 2
+                             "--limit", "1", "--judge", "keyword-does-not-load"]) == 2
     err = capsys.readouterr().err
-    assert "8 items x 2 samples per item gives at most 16 calibration samples" in err and "--limit" in err
+    n = len(experts_mod.DEFAULT_CONDITIONS)
+    assert f"{n} items x 2 samples per item gives at most {2 * n} calibration samples" in err and "--limit" in err
 
 
 @pytest.mark.parametrize("dry", [True, False])
-def test_build_limit_2_is_refused_before_any_stage(tmp_path: Path, monkeypatch, capsys, dry: bool) -> None:
+def test_build_limit_1_is_refused_before_any_stage(tmp_path: Path, monkeypatch, capsys, dry: bool) -> None:
+    """With five calibration conditions a limit of 2 can reach the minimum (20 samples); 1 cannot."""
     monkeypatch.setattr(build_mod, "run_build", lambda args: pytest.fail("a stage ran"))
-    argv = ["--model", "tiny-random-llava", "--out", str(tmp_path / "b"), "--limit", "2"] + (["--dry-run"] if dry else [])
+    argv = ["--model", "tiny-random-llava", "--out", str(tmp_path / "b"), "--limit", "1"] + (["--dry-run"] if dry else [])
     assert cli.run(build_mod.main, argv) == 2
     err = capsys.readouterr().err
-    assert "a calibration limit of 2" in err and "--allow-small-calibration" in err and "--experts" in err
+    assert "a calibration limit of 1" in err and "--allow-small-calibration" in err and "--experts" in err
     assert not (tmp_path / "b").exists()
 
 
 def test_build_smoke_run_warns_and_passes_the_flag_on(tmp_path: Path, monkeypatch, capsys) -> None:
     seen = {}
     monkeypatch.setattr(build_mod, "run_build", lambda args: seen.setdefault("args", args))
-    argv = ["--model", "tiny-random-llava", "--out", str(tmp_path / "b"), "--limit", "2", "--allow-small-calibration"]
+    argv = ["--model", "tiny-random-llava", "--out", str(tmp_path / "b"), "--limit", "1", "--allow-small-calibration"]
     assert cli.run(build_mod.main, argv) == 0
     assert "WARNING" in capsys.readouterr().err and seen["args"].allow_small_calibration
 

@@ -187,8 +187,8 @@ def test_scripts_build_engines_and_run_the_smoke(shipped, tmp_path: Path):
     smoke = subprocess.run(["bash", str(out / "smoke.sh"), "--limit", "2", "--max-new-tokens", "6",
                             "--out", str(tmp_path / "smoke2")], capture_output=True, text=True, env=env)
     assert smoke.returncode == 0, smoke.stderr
-    assert "smoke MM-TOXIC-QA (10 items): harmful rate" in smoke.stdout
+    assert "smoke MM-TOXIC-QA (12 items): harmful rate" in smoke.stdout
     report = json.loads((tmp_path / "smoke2" / "report.json").read_text())
-    assert report["harmful_rate"]["total"] == 6 and report["visual_accuracy"]["total"] == 2
+    assert report["harmful_rate"]["total"] == 8 and report["visual_accuracy"]["total"] == 2
     info = json.loads((tmp_path / "smoke2" / "smoke.json").read_text())
-    assert info["backend"]["backend"] == "tensorrt" and info["items"] == 10 and not info["skipped_over_engine_limits"]
+    assert info["backend"]["backend"] == "tensorrt" and info["items"] == 12 and not info["skipped_over_engine_limits"]
