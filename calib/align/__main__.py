@@ -18,14 +18,20 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
-PROJECTOR_FILE = "smol_llava_projector.safetensors"
 EVALUATION_FILE = "evaluation.json"
-KIND = "smol-llava-projector"
 
 
 def projector_file(model_type: str) -> str:
     """The shipped file name of a family model's projector."""
     return f"{model_type.replace('-', '_')}_projector.safetensors"
+
+
+def projector_kind(model_type: str) -> str:
+    """The manifest kind of a family model's projector artifact."""
+    return f"{model_type}-projector"
+
+
+PROJECTOR_FILE, KIND = projector_file("smol-llava"), projector_kind("smol-llava")
 
 
 def lora_file(model_type: str) -> str:
@@ -187,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       metadata={"format": "pt", "scaling": repr(args.lora_alpha / args.lora_rank)})
         (tmp / EVALUATION_FILE).write_text(json.dumps({name: {s: r["responses"] for s, r in per.items()}
                                                        for name, per in report.items()}, indent=1) + "\n")
-        write_manifest(tmp, f"{args.model}-projector", **fields)
+        write_manifest(tmp, projector_kind(args.model), **fields)
     print(f"wrote {args.out} (training {result.seconds / 60:.1f} min, evaluation {t_eval / 60:.1f} min)")
     return fields
 
