@@ -164,7 +164,7 @@ def worker_main(spec_json: str) -> None:
 
 
 def default_gguf() -> str:
-    from compile.gguf_nbits import default_gguf as gguf
+    from compile.quantize.gguf import default_gguf as gguf
 
     return str(gguf())
 

@@ -210,7 +210,7 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     detox = build.stage("fold", "detoxified", {"model": model_key, "experts": _manifest_sha(experts)},
                         lambda out: fold_to_dir(args.model, experts, out))
 
-    from compile.bundle import export_bundle
+    from compile.export.bundle import export_bundle
 
     bundle = build.stage("export", "bundle", {"detoxified": _manifest_sha(detox)},
                          lambda out: export_bundle(str(detox), out))
@@ -295,7 +295,7 @@ def compare_pair(before: Path, after: Path, experts: Path, html: Path) -> None:
     from runtime.check import gate, table
     from runtime.mmtoxicqa.summary import before_after
     from runtime.report.__main__ import build_report
-    from runtime.report.load import load_run
+    from runtime.mmtoxicqa.reports import load_run
     from runtime.stats import FAIL
 
     ref, det = load_run(before / "report.json", "undetoxified"), load_run(after / "report.json", "detoxified")

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from calib.experts import Experts, check_units, load_experts, model_units
@@ -79,6 +80,12 @@ def fold(model: MultimodalModel, experts: Experts | dict[str, torch.Tensor]) -> 
         linear.weight.copy_((linear.weight.to(work) * s[:, None]).to(linear.weight.dtype))
         if linear.bias is not None:
             linear.bias.copy_((linear.bias.to(work) * s).to(linear.bias.dtype))
+
+
+def experts_scales(experts_dir: str | Path) -> tuple[Experts, dict[str, np.ndarray]]:
+    """The experts artifact and its row scales (`row_scales`, as float32 numpy), for folds into ONNX graphs."""
+    experts = load_experts(experts_dir)
+    return experts, {k: v.numpy() for k, v in row_scales(experts).items()}
 
 
 def check_batch(model: MultimodalModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -132,7 +132,7 @@ _GGUF = {"attn/o_proj": "attn_output", "mlp/gate_proj": "ffn_gate", "mlp/up_proj
 
 def gguf_blocks_for(node_name: str, weights: Any) -> Any:
     """The GGUF blocks of one of the builder's MatMuls (q, k and v stacked for its fused qkv_proj)."""
-    from compile.gguf_nbits import Blocks
+    from compile.quantize.gguf import Blocks
 
     if node_name.endswith("lm_head/MatMul"):
         return weights.blocks("token_embd.weight")
@@ -152,9 +152,9 @@ def gguf_blocks_for(node_name: str, weights: Any) -> Any:
 def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] | None,
                     accuracy_level: int = 4) -> dict[str, Any]:
     """The builder's float32 MatMuls as MatMulNBits with the GGUF's own blocks (+ block-sum offsets), as
-    compile.gguf_nbits does for the standard decoder; each converted weight is checked against the float32 one
+    compile.quantize.gguf does for the standard decoder; each converted weight is checked against the float32 one
     (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`)."""
-    from compile.gguf_nbits import _com_microsoft, replace_matmul
+    from compile.quantize.gguf import _com_microsoft, replace_matmul
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -286,7 +286,7 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(f"{bundle_dir} does not hold GGUF blocks (precision method {method!r}); use --weights builder")
     gguf = None
     if weights == "gguf":
-        from compile.gguf_nbits import GGUFWeights, folded_row_scales
+        from compile.quantize.gguf import GGUFWeights, folded_row_scales
 
         gguf_path = Path(src.manifest["precision"]["gguf"]["path"])
         gguf = (GGUFWeights(gguf_path), folded_row_scales(src), src.manifest["precision"].get("accuracy_level") or 4)

@@ -7,7 +7,7 @@ row_scales, the same vectors the hooks and compile.fold use). Every weight forma
 the input dimension per output channel, with w = (q - zp) * scale and zero points in code units, so the
 row scaling moves into the scales exactly and leaves codes and zero points alone:
 - MatMulNBits (int4/int8 blocks, ORT or GGUF-exact): scales [N, blocks] *= alpha[:, None]; a GGUF-converted
-  Linear's companion offsets MatMul [K / 32, N] (compile.gguf_nbits) has its columns scaled too;
+  Linear's companion offsets MatMul [K / 32, N] (compile.quantize.gguf) has its columns scaled too;
 - DequantizeLinear -> MatMul (blockwise axis 0, scales [K / block, N], or per-channel axis 1, scales [N]): scales *= alpha;
 - MatMul with a float weight [K, N] (an unquantized bundle): columns *= alpha.
 Quantizing a folded checkpoint gives the same codes and zero points with scales multiplied by alpha
@@ -129,15 +129,6 @@ def fold_graph(model: onnx.ModelProto, scales: Mapping[str, np.ndarray]) -> tupl
     return model, {"modules": len(found), "units_scaled": units, "ops": dict(ops)}
 
 
-def experts_scales(experts_dir: str | Path) -> tuple[Any, dict[str, np.ndarray]]:
-    """The experts artifact and its row scales (calib.intervention.row_scales, as float32 numpy)."""
-    from calib.experts import load_experts
-    from calib.intervention import row_scales
-
-    experts = load_experts(experts_dir)
-    return experts, {k: v.numpy() for k, v in row_scales(experts).items()}
-
-
 def _check_model(src: Bundle, experts: Any) -> None:
     model = src.manifest.get("model", {})
     if model.get("folded") or src.manifest.get(KEY):
@@ -154,6 +145,8 @@ def _check_model(src: Bundle, experts: Any) -> None:
 def qfold_bundle(bundle_dir: str | Path, experts_dir: str | Path, out_dir: str | Path,
                  overwrite: bool = False) -> dict[str, Any]:
     """Write `bundle_dir` detoxified by `experts_dir` (decoder scales folded) to `out_dir`; returns its manifest."""
+    from compile.fold import experts_scales
+
     experts, scales = experts_scales(experts_dir)
 
     def transform(src: Bundle, out: Path) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from typing import Any, Sequence
 from runtime import cli, stats
 from runtime.artifacts import check_output
 from runtime.errors import UserError
-from runtime.report.compat import mismatches, perplexity_mismatch
-from runtime.report.load import Run, load_run
+from runtime.mmtoxicqa.compat import mismatches, perplexity_mismatch
+from runtime.mmtoxicqa.reports import Run, load_run
 
 DEFAULT_HARMFUL_PP = 2.0
 DEFAULT_DEGENERATE_PP = 5.0

@@ -6,7 +6,7 @@
   registered in compile.export.configs;
 - `validate_graphs(model, out_dir)`: ONNX Runtime vs PyTorch on real inputs, max |diff| per check.
 
-`python -m compile.export --model M --out DIR` writes a whole bundle (compile.bundle).
+`export_bundle` (compile.export.bundle) writes a whole bundle; `python -m compile.export --model M --out DIR` is its CLI.
 """
 from compile.export.graphs import DEFAULT_OPSET, export_graphs
 from compile.export.provenance import package_versions

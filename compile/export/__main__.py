@@ -1,4 +1,4 @@
-"""python -m compile.export --model M --out DIR: export a model to a validated bundle (compile.bundle)."""
+"""python -m compile.export --model M --out DIR: export a model to a validated bundle (compile.export.bundle)."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.opset < MIN_OPSET:
         raise UserError(f"--opset {args.opset} is below {MIN_OPSET}, the lowest this export supports")
-    from compile.bundle import export_bundle
+    from compile.export.bundle import export_bundle
 
     manifest = export_bundle(args.model, args.out, opset=args.opset, external_data=args.external_data,
                              overwrite=args.overwrite)

@@ -4,7 +4,7 @@
 
 Precisions (the source must be a float32 bundle from compile.export):
 - int4, method gguf (auto for smol-llava, whose language model is a Q4_1 GGUF): the GGUF's own blocks as
-  MatMulNBits / GatherBlockQuantized, exact (compile.gguf_nbits); a folded bundle's factors go into the scales;
+  MatMulNBits / GatherBlockQuantized, exact (compile.quantize.gguf); a folded bundle's factors go into the scales;
 - int4, method rtn (auto for other models): decoder MatMuls -> MatMulNBits via ORT's quantizer (4-bit blocks of
   `block_size` along the input dimension, asymmetric, `accuracy_level` 4 = int8 activations inside the kernel),
   lm_head included unless --no-lm-head, the embedding table -> GatherBlockQuantized unless --no-embeddings;
@@ -98,7 +98,7 @@ def _transform(spec: QuantSpec) -> Any:
     def run(src: Bundle, out: Path) -> dict[str, Any]:
         p = spec.precision
         if method_for(src, spec) == "gguf":
-            from compile.gguf_nbits import GGUFWeights, convert, default_gguf
+            from compile.quantize.gguf import GGUFWeights, convert, default_gguf
 
             return convert(src, out, GGUFWeights(spec.gguf or default_gguf()), spec.accuracy_level, spec.embeddings,
                            qdq=p == "int4-qdq")

@@ -14,7 +14,7 @@ import onnx
 
 from runtime.errors import UserError
 
-OFFSETS_SUFFIX = "_offsets"  # a GGUF-converted Linear's companion MatMul (compile.gguf_nbits): block sums x offsets
+OFFSETS_SUFFIX = "_offsets"  # a GGUF-converted Linear's companion MatMul (compile.quantize.gguf): block sums x offsets
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf refuses files past 2 GB
 _UNIT = re.compile(r"layers\.(\d+)/mlp/(gate_proj|up_proj|down_proj)/")
 

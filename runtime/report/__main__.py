@@ -16,11 +16,11 @@ from typing import Sequence
 from runtime import cli
 from runtime.artifacts import check_output
 from runtime.errors import UserError
+from runtime.mmtoxicqa.reports import load_run, unique_labels
 from runtime.mmtoxicqa.runner import GENERATIONS_FILE, REPORT_FILE
 from runtime.report import examples as ex
 from runtime.report import page
 from runtime.report.experts import check_for_run, read_experts
-from runtime.report.load import load_run, unique_labels
 from runtime.report.mask import Masker, default_wordlist, read_wordlist
 
 

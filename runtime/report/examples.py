@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS
-from runtime.report.load import Run
+from runtime.mmtoxicqa.reports import Run
 from runtime.report.mask import Masker
 
 PROMPT_CHARS = 240

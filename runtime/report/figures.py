@@ -11,8 +11,8 @@ import numpy as np
 from runtime import stats
 from runtime.errors import UserError
 from runtime.mmtoxicqa.items import TOXIC_CONDITIONS
+from runtime.mmtoxicqa.reports import Run
 from runtime.report.experts import ExpertMap
-from runtime.report.load import Run
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 LINESTYLES = ("-", "--", ":", "-.")  # identical distributions (a bundle and its source model) stay visible

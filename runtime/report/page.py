@@ -9,11 +9,11 @@ from typing import Any, Sequence
 
 from runtime import check, stats
 from runtime.errors import UserError
+from runtime.mmtoxicqa.compat import mismatches
+from runtime.mmtoxicqa.reports import Run
 from runtime.report import examples as ex
 from runtime.report import figures
-from runtime.report.compat import mismatches
 from runtime.report.experts import ExpertMap
-from runtime.report.load import Run
 
 SECTIONS = (("summary", "Summary"), ("harmful", "Harmful rate"), ("toxicity", "Toxicity distribution"),
             ("experts", "Expert map"), ("quality", "Fluency and visual utility"), ("latency", "Latency"),

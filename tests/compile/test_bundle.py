@@ -1,4 +1,4 @@
-"""compile.bundle: the bundle contract, greedy generation through ONNX Runtime equal to PyTorch, bad input."""
+"""compile.export.bundle: the bundle contract, greedy generation through ONNX Runtime equal to PyTorch, bad input."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compile.bundle import KIND, export_bundle
+from compile.export.bundle import KIND, export_bundle
 from runtime.artifacts import read_manifest
 from runtime.errors import UserError
 from runtime.protocol import GenerationConfig, GenerationRequest

@@ -17,7 +17,7 @@ import pytest
 
 from calib.models import load_model
 from calib.models.tiny_gemma import SLIDING_WINDOW, tiny_gemma_llava_dir
-from compile.bundle import export_bundle
+from compile.export.bundle import export_bundle
 from compile.export import export_graphs, validate_graphs
 from compile.export.configs import DECODERS, decoder_name, onnx_config
 from compile.export.validate import session

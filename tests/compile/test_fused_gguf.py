@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compile import gguf_nbits as g
+from compile.quantize import gguf as g
 from compile.fused import convert_to_gguf
 
 _spec = importlib.util.spec_from_file_location("gguf_fixtures", Path(__file__).with_name("test_gguf_nbits.py"))

@@ -1,4 +1,4 @@
-"""compile.gguf_nbits: Q4_1 / Q8_0 GGUF blocks become MatMulNBits / GatherBlockQuantized exactly.
+"""compile.quantize.gguf: Q4_1 / Q8_0 GGUF blocks become MatMulNBits / GatherBlockQuantized exactly.
 
 A synthetic llama-style GGUF (written with the gguf package) and a decoder-shaped ONNX graph whose float32
 weights are its dequantized tensors (q/k rows un-permuted as transformers does): the converted graph must
@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import gguf
-from compile import gguf_nbits as g
+from compile.quantize import gguf as g
 from runtime.errors import UserError
 
 H, HEADS, KV_HEADS, HEAD, INTER, VOCAB = 64, 4, 2, 16, 96, 48
@@ -215,7 +215,7 @@ def test_foreign_or_unsupported_gguf_is_refused(synthetic, tmp_path: Path):
 @pytest.mark.slow
 def test_the_default_converts_exactly(tmp_path: Path):
     """smol-llava's exported bundle -> GGUF-exact int4 (accuracy level 4): within 1% NLL of float32."""
-    from compile.bundle import export_bundle
+    from compile.export.bundle import export_bundle
 
     export_bundle("smol-llava", tmp_path / "fp32")
     manifest = g.gguf_bundle(tmp_path / "fp32", g.default_gguf(), tmp_path / "int4", threads=2)

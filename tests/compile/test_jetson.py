@@ -43,7 +43,7 @@ _cudart.CudaRuntime = lambda: _cuda
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from compile.bundle import export_bundle
+    from compile.export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("jetson") / "bundle"
     export_bundle("tiny-random-llava", out)

@@ -39,7 +39,7 @@ VARIANTS = {"int4": QuantSpec("int4", embeddings=False), "int4-sym": QuantSpec("
 @pytest.fixture(scope="module")
 def paths(tiny_llava, tmp_path_factory) -> dict[str, Path]:
     """The undetoxified bundle, experts, the folded checkpoint's bundle, and every quantized pair."""
-    from compile.bundle import export_bundle
+    from compile.export.bundle import export_bundle
     from compile.fold import fold_to_dir
 
     root = tmp_path_factory.mktemp("qfold")

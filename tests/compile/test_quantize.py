@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    from compile.bundle import export_bundle
+    from compile.export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("quant") / "fp32"
     export_bundle("tiny-random-llava", out)
@@ -142,7 +142,7 @@ def test_bad_input_is_refused_and_leaves_nothing(source: Path, built, tmp_path: 
     with pytest.raises(UserError, match="precision 'int3' is not one of"):
         quantize_bundle(source, tmp_path / "c", QuantSpec("int3"))
     with pytest.raises(UserError, match="not the checkpoint the bundle was exported from"):  # tiny-random is not the GGUF's model
-        from compile.gguf_nbits import default_gguf
+        from compile.quantize.gguf import default_gguf
 
         quantize_bundle(source, tmp_path / "d", QuantSpec("int4", method="gguf", gguf=str(default_gguf())))
     with pytest.raises(UserError, match="already exists"):

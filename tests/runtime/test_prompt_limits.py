@@ -99,7 +99,7 @@ def test_bundle_spec_reads_the_context_and_keeps_older_bundles(tmp_path: Path) -
 
 
 def test_export_records_the_models_context(tiny_llava) -> None:
-    from compile.bundle import runtime_config
+    from compile.export.bundle import runtime_config
 
     assert runtime_config(tiny_llava)["context_length"] == tiny_llava.context_length() == 4096
 

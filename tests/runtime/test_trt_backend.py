@@ -33,7 +33,7 @@ fakes = _load("trt_fakes")
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory) -> Path:
-    from compile.bundle import export_bundle
+    from compile.export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("trt") / "bundle"
     export_bundle("tiny-random-llava", out)

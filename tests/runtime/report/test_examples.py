@@ -1,8 +1,8 @@
 """Choosing and masking example generations."""
 from __future__ import annotations
 
+from runtime.mmtoxicqa.reports import load_run
 from runtime.report import examples as ex
-from runtime.report.load import load_run
 from runtime.report.mask import Masker
 
 

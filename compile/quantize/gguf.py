@@ -1,6 +1,6 @@
 """The embedded default's own 4-bit weights as MatMulNBits: Q4_1 / Q8_0 GGUF blocks carried over exactly.
 
-    python -m compile.gguf_nbits --bundle build/bundle --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out build/bundle-gguf4
+    python -m compile.quantize.gguf --bundle build/bundle --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out build/bundle-gguf4
 
 smol-llava's language model is SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF, so its float32
 weights lie on a 4-bit grid: blocks of 32 along the input dimension, w = d * q + m (d, m float16, q 0..15).
@@ -375,7 +375,7 @@ def folded_row_scales(src: Bundle) -> dict[str, np.ndarray] | None:
     if not (path / "manifest.json").is_file() or sha256_file(path / "manifest.json") != experts.get("manifest_sha256"):
         raise UserError(f"{src.root} was exported from a folded checkpoint whose experts artifact ({path}) is missing "
                         "or changed; convert the undetoxified bundle and detoxify it with compile.qfold")
-    from compile.qfold import experts_scales
+    from compile.fold import experts_scales
 
     return experts_scales(path)[1]
 
@@ -425,7 +425,7 @@ def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compile.gguf_nbits", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m compile.quantize.gguf", description=__doc__.split("\n")[0])
     p.add_argument("--bundle", required=True, type=Path, help="float32 bundle exported from the GGUF's model")
     p.add_argument("--gguf", type=Path, help="the GGUF (default: the embedded default's, from the asset cache)")
     p.add_argument("--out", required=True, type=Path)
