@@ -128,7 +128,7 @@ def make_worker(spec: dict[str, Any]) -> tuple[Callable[[Any, int], dict[str, An
         gen = BundleGenerator.open(spec["bundle"], threads=threads, decoder=spec.get("decoder", "auto"))
         fused = gen.backend.describe()["decoder"] == "fused"
         graph = gen.bundle.graph_path("fused_decoder" if fused else "decoder")
-        precision = gen.bundle.manifest.get("precision", {}).get("name", gen.spec.dtype)
+        precision = gen.bundle.precision
         return runners.ort_runner(gen, ignore_eos=ignore), {
             "weight_bytes": onnx_weight_bytes(graph), "decoder": "fused" if fused else "standard",
             "precision": precision, "model": gen.spec.model}

@@ -88,10 +88,11 @@ def evaluate(name: str, path: Path, out: Path, limit: int | None, per_condition:
 
 def row(name: str, path: Path, report: dict[str, Any], speed: dict[str, float] | None,
         agree: dict[str, Any] | None) -> dict[str, Any]:
-    manifest = load_bundle(path, verify=False).manifest
+    bundle = load_bundle(path, verify=False)
+    manifest = bundle.manifest
     by_cond = report["harmful_rate_by_condition"]
-    return {"bundle": name, "path": str(path), "precision": manifest.get("precision", {}).get("name", "float32"),
-            "method": manifest.get("precision", {}).get("method", "export"),
+    return {"bundle": name, "path": str(path), "precision": bundle.precision,
+            "method": bundle.quantization.get("method", "export"),
             "detoxified": bool(manifest.get("model", {}).get("folded") or manifest.get("detoxified_in_graph")),
             "size_mb": round(size_mb(path), 1), "decode_tok_s": speed,
             "harmful": {c: by_cond[c] for c in TOXIC_CONDITIONS if c in by_cond},

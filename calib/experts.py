@@ -1,11 +1,9 @@
 """The experts artifact: per-unit AUROC and alpha for every hooked MLP Linear, with its provenance.
 
-Layout of an experts directory:
-- `experts.safetensors`: for every module key ("layers.{i}.mlp.{module}"), `<key>.auroc` and `<key>.alpha`
-  (float32 vectors of the module's output width);
-- `manifest.json` (kind "sgm-experts"): the model's name and fingerprint (config hash, hooked-weights hash),
-  the calibration set's hash and summary, how activations were pooled, the factor method and its
-  parameters, the unit list, and how many units have alpha < 1 per layer and module.
+The files are runtime.experts' format (AUROC and alpha per module key, the unit list); the manifest also records
+the model's name and fingerprint (config hash, hooked-weights hash), the calibration set's hash and summary, how
+activations were pooled, the factor method and its parameters, and how many units have alpha < 1 per layer and
+module.
 
 `load_experts(dir, model)` refuses an artifact made for another model (fingerprint, unit list or widths),
 naming the mismatch. `python -m calib.experts --model NAME --out DIR` builds one (the CLI at the end).
@@ -23,12 +21,9 @@ import numpy as np
 
 from calib.factors import DEFAULT_TOP_FRACTION, FactorSpec, factors_by_key, spec_from_dict
 from calib.scoring import MIN_PER_CLASS, MIN_PER_CLASS_REASON, check_class_counts, check_possible
-from runtime.artifacts import atomic_dir, check_output, read_manifest, write_manifest
+from runtime.artifacts import atomic_dir, check_output
 from runtime.errors import UserError
-
-KIND = "sgm-experts"
-FORMAT_VERSION = 1
-TENSORS = "experts.safetensors"
+from runtime.experts import KIND, parse_key, read_experts_file, write_experts_file
 
 
 @dataclass(frozen=True)
@@ -47,7 +42,7 @@ class Experts:
         """Units with alpha < 1 per layer and module, and totals."""
         layers: dict[str, dict[str, int]] = {}
         for key, _ in self.units:
-            layer, module = _parse_key(key)
+            layer, module = parse_key(key)
             layers.setdefault(str(layer), {})[module] = int((self.alpha[key] < 1).sum())
         flat = np.concatenate([self.alpha[k] for k, _ in self.units])
         hit = flat[flat < 1]
@@ -61,13 +56,6 @@ class Experts:
     def with_spec(self, spec: FactorSpec) -> "Experts":
         """The same scores with factors recomputed by another method or parameters (sweeps need no rescoring)."""
         return replace(self, spec=spec, alpha=factors_by_key({k: self.auroc[k] for k, _ in self.units}, spec))
-
-
-def _parse_key(key: str) -> tuple[int, str]:
-    parts = key.split(".")
-    if len(parts) != 4 or parts[0] != "layers" or parts[2] != "mlp" or not parts[1].isdigit():
-        raise UserError(f"unit key {key!r} is not of the form 'layers.<i>.mlp.<module>'; rebuild the experts")
-    return int(parts[1]), parts[3]
 
 
 def model_info(model: Any) -> dict[str, Any]:
@@ -86,7 +74,7 @@ def build_experts(units: Sequence[tuple[str, int]], auroc: Mapping[str, np.ndarr
     """Experts from AUROCs per module key: checks shapes, rounds AUROC to float32, computes alpha."""
     units = tuple((str(k), int(w)) for k, w in units)
     for key, _ in units:
-        _parse_key(key)
+        parse_key(key)
     if set(auroc) != {k for k, _ in units}:
         missing = sorted({k for k, _ in units} - set(auroc))
         extra = sorted(set(auroc) - {k for k, _ in units})
@@ -110,57 +98,23 @@ def build_experts(units: Sequence[tuple[str, int]], auroc: Mapping[str, np.ndarr
 
 def save_experts(experts: Experts, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the artifact atomically (a failed write leaves nothing at `out`)."""
-    from safetensors.numpy import save_file
-
-    tensors = {}
-    for key, _ in experts.units:
-        tensors[f"{key}.auroc"] = np.ascontiguousarray(experts.auroc[key], dtype=np.float32)
-        tensors[f"{key}.alpha"] = np.ascontiguousarray(experts.alpha[key], dtype=np.float32)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / TENSORS), metadata={"format": KIND, "format_version": str(FORMAT_VERSION)})
-        write_manifest(tmp, KIND, format_version=FORMAT_VERSION, model=dict(experts.model),
-                       calibration=dict(experts.calibration), scoring=dict(experts.scoring),
-                       method=experts.spec.to_dict(), units=[[k, w] for k, w in experts.units],
-                       counts=experts.counts())
+        write_experts_file(tmp, experts.units, experts.auroc, experts.alpha, model=dict(experts.model),
+                           calibration=dict(experts.calibration), scoring=dict(experts.scoring),
+                           method=experts.spec.to_dict(), counts=experts.counts())
     return Path(out)
 
 
 def load_experts(directory: str | os.PathLike, model: Any = None) -> Experts:
     """Read and verify an experts artifact; given a model, refuse it unless it was made for that model."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    if manifest.get("kind") != KIND:
-        raise UserError(f"{directory} is a {manifest.get('kind')!r} artifact, not {KIND!r}; "
-                        f"pass the directory written by python -m calib.experts")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{directory} has experts format {manifest.get('format_version')!r}, this toolchain reads "
-                        f"{FORMAT_VERSION}; rebuild the experts with this version")
+    found = read_experts_file(directory)
+    manifest = found.manifest
     try:
-        units = tuple((str(k), int(w)) for k, w in manifest["units"])
         spec = spec_from_dict(manifest["method"])
         info, calibration = manifest["model"], manifest["calibration"]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{directory}/manifest.json lacks or mangles {e}; rebuild the experts") from e
-    try:
-        tensors = load_file(str(directory / TENSORS))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{directory}/{TENSORS} cannot be read ({e}); rebuild the experts") from e
-    expected = {f"{k}.{t}" for k, _ in units for t in ("auroc", "alpha")}
-    if set(tensors) != expected:
-        raise UserError(f"{directory}/{TENSORS} does not hold exactly auroc and alpha for the manifest's "
-                        f"{len(units)} modules; rebuild the experts")
-    for key, width in units:
-        for t in ("auroc", "alpha"):
-            v = tensors[f"{key}.{t}"]
-            if v.shape != (width,) or v.dtype != np.float32:
-                raise UserError(f"{directory}: {key}.{t} is {v.dtype}{list(v.shape)}, expected float32[{width}]; "
-                                f"rebuild the experts")
-    experts = Experts(units, {k: tensors[f"{k}.auroc"] for k, _ in units},
-                      {k: tensors[f"{k}.alpha"] for k, _ in units}, spec, info, calibration,
-                      manifest.get("scoring", {}))
+    experts = Experts(found.units, found.auroc, found.alpha, spec, info, calibration, manifest.get("scoring", {}))
     if model is not None:
         check_model(experts, model)
     return experts

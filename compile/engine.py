@@ -113,11 +113,6 @@ def kv_bytes_per_token(spec: BundleSpec, itemsize: int) -> int:
     return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * itemsize
 
 
-def bundle_precision(bundle: Bundle) -> str:
-    """The bundle's precision as recorded by compile.quantize (else its runtime.json dtype)."""
-    return str(bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype))
-
-
 @dataclass(frozen=True)
 class BuildOptions:
     """Builder settings besides the profile limits."""
@@ -244,7 +239,7 @@ def build_engines(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, opt
             tmp, ENGINES_KIND, format_version=ENGINES_FORMAT_VERSION,
             bundle={"path": str(bundle.root.resolve()), "fingerprint": bundle.fingerprint,
                     "manifest_sha256": sha256_file(bundle.root / MANIFEST), "model": bundle.spec.model,
-                    "dtype": bundle.spec.dtype, "precision": bundle_precision(bundle)},
+                    "dtype": bundle.spec.dtype, "precision": bundle.precision},
             tensorrt={"version": trt_version(trt), "strongly_typed": True},
             device=device_info(cuda, options.device), engines=engines, limits=asdict(limits),
             options={"workspace_mib": options.workspace_mib, "optimization_level": options.optimization_level,

@@ -181,7 +181,7 @@ def _save(model: MultimodalModel, model_type: str, location: Any, out: Path, mar
 
 
 def _versions() -> dict[str, str]:
-    from compile.export.provenance import package_versions
+    from compile.provenance import package_versions
 
     return package_versions()
 

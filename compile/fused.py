@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime import cli
-from runtime.bundle import GRAPHS, RUNTIME_FILE, Bundle
+from runtime.bundle import BUNDLE_KIND, GRAPHS, RUNTIME_FILE, Bundle
 from runtime.errors import UserError
 
 GRAPH_FILE = "decoder-fused.onnx"
@@ -60,11 +60,6 @@ def builder_available(python: str) -> str | None:
     except (OSError, subprocess.SubprocessError) as e:
         return f"{python}: {e}"
     return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["import failed"])[-1]
-
-
-def bundle_precision(bundle: Bundle) -> str:
-    name = bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype)
-    return {"float32": "fp32", "int4": "int4"}.get(name, name)
 
 
 def extract_language_model(checkpoint: str | os.PathLike, out: Path) -> dict[str, Any]:
@@ -261,15 +256,15 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
     weights "gguf"). `weights` (int4): "gguf" converts the builder's float32 graph to the GGUF's own blocks, as
     the bundle's standard decoder has them (auto for a bundle of compile.quantize's gguf method); "builder"
     keeps the builder's own int4 (RTN, which cannot land on the GGUF's grid)."""
-    from compile.quantize.derive import KIND, derive_bundle
+    from compile.quantize.derive import derive_bundle
     from compile.quantize.derive import copy_graph as copy_bundle_graph
     from runtime.artifacts import check_output
     from runtime.bundle import load_bundle
 
-    check_output(out_dir, [bundle_dir, checkpoint, prebuilt], kind=KIND)
+    check_output(out_dir, [bundle_dir, checkpoint, prebuilt], kind=BUNDLE_KIND)
     src = load_bundle(bundle_dir)
     check_checkpoint(src, checkpoint, _recorded_weights(checkpoint))
-    precision = precision or bundle_precision(src)
+    precision = precision or src.precision
     if precision not in PRECISIONS:
         raise UserError(f"a fused decoder is built in fp32 or int4, not {precision!r}; pass --precision")
     if src.spec.fused_decoder is not None:
@@ -277,7 +272,7 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
     if src.spec.head_dim % GQA_HEAD_MULTIPLE:
         raise UserError(f"ONNX Runtime's GroupQueryAttention on CPU needs a head size that is a multiple of "
                         f"{GQA_HEAD_MULTIPLE}; this model's is {src.spec.head_dim}, so it keeps the standard decoder")
-    method = src.manifest.get("precision", {}).get("method")
+    method = src.quantization.get("method")
     if weights == "auto":
         weights = "gguf" if precision == "int4" and method == "gguf-exact" else "builder"
     if weights not in ("gguf", "builder"):
@@ -288,8 +283,8 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
     if weights == "gguf":
         from compile.quantize.gguf import GGUFWeights, folded_row_scales
 
-        gguf_path = Path(src.manifest["precision"]["gguf"]["path"])
-        gguf = (GGUFWeights(gguf_path), folded_row_scales(src), src.manifest["precision"].get("accuracy_level") or 4)
+        gguf_path = Path(src.quantization["gguf"]["path"])
+        gguf = (GGUFWeights(gguf_path), folded_row_scales(src), src.quantization.get("accuracy_level") or 4)
     python = builder_python or default_builder_python()
     if prebuilt is None:
         why = builder_available(python)

@@ -119,8 +119,7 @@ def check_tensorrt_parsable(bundle: Bundle) -> None:
         model = onnx.load(str(bundle.root / rel), load_external_data=False)
         contrib = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")})
         if contrib:
-            precision = bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype)
-            raise UserError(f"the {graph} graph of {bundle.root} ({precision}) uses ONNX Runtime contrib ops "
+            raise UserError(f"the {graph} graph of {bundle.root} ({bundle.precision}) uses ONNX Runtime contrib ops "
                             f"({', '.join(contrib)}) that TensorRT cannot parse; build the Jetson bundle from an "
                             "fp32, fp16, int4-qdq or int8-qdq bundle (python -m compile.quantize --precision int4-qdq)")
 
@@ -198,14 +197,13 @@ exec "${PYTHON:-python3}" "$HERE/smoke.py" "$@"
 
 def readme(bundle: Bundle, rows: list[Budget], max_prompt: int) -> str:
     spec = bundle.spec
-    precision = bundle.manifest.get("precision", {}).get("name", spec.dtype)
     detox = "detoxified (SGM factors folded)" if (bundle.manifest.get("model", {}).get("folded")
                                                  or bundle.manifest.get("detoxified_in_graph")) else "not detoxified"
     table = "\n".join(f"| {b.device} | {b.total_mb} | {b.reserve_mb} | {b.weights_mb:.0f} | {b.activations_mb:.0f} | "
                       f"{b.kv_mb_per_1k_tokens:.1f} | {b.max_context if b.max_context else 'does not fit'} | "
                       f"{b.build_context if b.fits else '-'} |" for b in rows)
     versions = "\n".join(f"- {k}: {v}" for k, v in TENSORRT.items())
-    return f"""# {spec.model} for Jetson Orin ({precision}, {detox})
+    return f"""# {spec.model} for Jetson Orin ({bundle.precision}, {detox})
 
 Built by `python -m compile.jetson` from bundle `{bundle.fingerprint[:16]}`. The engines are not included: TensorRT
 engines are specific to the GPU and to the TensorRT version, so they are built on the device.
@@ -282,7 +280,7 @@ def jetson_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ove
             tmp, KIND, format_version=FORMAT_VERSION,
             bundle={"fingerprint": bundle.fingerprint, "manifest_sha256": sha256_file(bundle.root / MANIFEST),
                     "model": bundle.spec.model, "dtype": bundle.spec.dtype,
-                    "precision": bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype)},
+                    "precision": bundle.precision},
             tensorrt=TENSORRT, budgets=[{**asdict(b), "fits": b.fits} for b in rows],
             assumptions={"system_reserve_mb": SYSTEM_RESERVE_MB, "host_runtime_mb": HOST_RUNTIME_MB,
                          "context_cap": CONTEXT_CAP, "max_prompt": max_prompt, "longest_smoke_prompt": longest},

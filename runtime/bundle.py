@@ -23,6 +23,7 @@ TOKENIZER_FILE = "tokenizer.json"
 GRAPHS = ("vision", "embed", "decoder")
 FUSED_DECODER = "fused_decoder"  # the optional graph of runtime.json's fused_decoder section
 DTYPES = ("float32", "float16")
+DTYPE_PRECISION = {"float32": "fp32", "float16": "fp16"}  # the precision of a bundle compile.quantize did not write
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,17 @@ class Bundle:
     @property
     def tokenizer_path(self) -> Path:
         return self.root / TOKENIZER_FILE
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        """compile.quantize's record (name, method, settings, per-graph results); empty for an exported bundle."""
+        record = self.manifest.get("precision")
+        return record if isinstance(record, dict) else {}
+
+    @property
+    def precision(self) -> str:
+        """The weights' precision in compile.build's names: fp32, fp16, int8, int4, int8-qdq or int4-qdq."""
+        return str(self.quantization.get("name") or DTYPE_PRECISION[self.spec.dtype])
 
     @property
     def fingerprint(self) -> str:

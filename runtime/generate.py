@@ -201,8 +201,8 @@ class BundleGenerator:
         quantization method, e.g. "int4 (gguf-exact)"), and the backend's providers."""
         backend = {k: v for k, v in self.backend.describe().items() if k in ("backend", "providers", "device")}
         out = {**backend, "model": self.spec.model, "dtype": self.spec.dtype, "bundle_sha256": self.bundle.fingerprint}
-        quant = self.bundle.manifest.get("precision")
-        if isinstance(quant, dict) and quant.get("name"):
+        quant = self.bundle.quantization
+        if quant.get("name"):
             out["precision"] = quant["name"] + (f" ({quant['method']})" if quant.get("method") else "")
         source = self.bundle.manifest.get("model")
         if isinstance(source, dict):  # the exporter's record of the PyTorch model: fingerprints, fold, experts

@@ -9,7 +9,7 @@
 `export_bundle` (compile.export.bundle) writes a whole bundle; `python -m compile.export --model M --out DIR` is its CLI.
 """
 from compile.export.graphs import DEFAULT_OPSET, export_graphs
-from compile.export.provenance import package_versions
+from compile.provenance import package_versions
 from compile.export.validate import Check, validate_graphs
 
 __all__ = ["Check", "DEFAULT_OPSET", "export_graphs", "package_versions", "validate_graphs"]

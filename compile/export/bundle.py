@@ -20,15 +20,12 @@ from calib.models.base import IMAGE_PLACEHOLDER, MultimodalModel
 from compile.export import DEFAULT_OPSET, export_graphs, package_versions, validate_graphs
 from compile.export.parts import DECODER, EMBED, VISION, head_dim, text_config
 from compile.export.validate import CHECK_QUESTIONS
+from compile.fold import KIND as FOLDED_KIND
 from runtime.artifacts import MANIFEST, atomic_dir, check_output, read_manifest, sha256_file, write_manifest
+from runtime.bundle import BUNDLE_KIND, FORMAT_VERSION, RUNTIME_FILE, TOKENIZER_FILE
 from runtime.errors import UserError
 
-KIND = "sgm-bundle"
-FORMAT_VERSION = 1
-RUNTIME_JSON = "runtime.json"
-TOKENIZER_JSON = "tokenizer.json"
 QUESTION = "{question}"
-FOLDED_KIND = "sgm-detoxified"
 
 
 def runtime_config(model: MultimodalModel, name: str | None = None) -> dict[str, Any]:
@@ -71,8 +68,8 @@ def write_tokenizer(model: MultimodalModel, out: Path) -> None:
     backend = getattr(model.tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise UserError(f"{model.name} has no fast (tokenizers-library) tokenizer; the bundle needs tokenizer.json")
-    backend.save(str(out / TOKENIZER_JSON))
-    saved = Tokenizer.from_file(str(out / TOKENIZER_JSON))
+    backend.save(str(out / TOKENIZER_FILE))
+    saved = Tokenizer.from_file(str(out / TOKENIZER_FILE))
     fmt = runtime_config(model)["prompt"]
     for question in CHECK_QUESTIONS:
         for text in (fmt["text_format"].replace(QUESTION, question), fmt["image_format"].replace(QUESTION, question)):
@@ -120,7 +117,7 @@ def _prepare_out(out: Path, overwrite: bool) -> bool:
             kind = read_manifest(out, verify=False).get("kind")
         except UserError:
             kind = None
-    if kind != KIND:
+    if kind != BUNDLE_KIND:
         raise UserError(f"{out} exists and holds other files (not a bundle); choose another output directory "
                         "or remove it first")
     if not overwrite:
@@ -133,7 +130,7 @@ def export_bundle(model_name_or_path: str, out_dir: str | os.PathLike, opset: in
                   overwrite: bool = False) -> dict[str, Any]:
     """Export a model (zoo name or directory, typically a folded checkpoint) to a validated bundle; returns
     the manifest. Nothing is left at `out_dir` unless every graph passes its check against PyTorch."""
-    out = check_output(out_dir, [model_name_or_path], kind=KIND)
+    out = check_output(out_dir, [model_name_or_path], kind=BUNDLE_KIND)
     replace = _prepare_out(out, overwrite)
     model_type, location = resolve(model_name_or_path)
     model = load_model(model_name_or_path)
@@ -143,9 +140,9 @@ def export_bundle(model_name_or_path: str, out_dir: str | os.PathLike, opset: in
         checks = validate_graphs(model, tmp, tolerances)
         write_tokenizer(model, tmp)
         config = runtime_config(model, display_name(source))
-        (tmp / RUNTIME_JSON).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / RUNTIME_FILE).write_text(json.dumps(config, indent=2) + "\n")
         manifest = write_manifest(
-            tmp, KIND, format_version=FORMAT_VERSION, model_type=model_type, model=source,
+            tmp, BUNDLE_KIND, format_version=FORMAT_VERSION, model_type=model_type, model=source,
             export={"exporter": "optimum.exporters.onnx.export_models", "opset": opset, "dtype": "float32",
                     "external_data": {n: g["external_data"] for n, g in graphs.items()},
                     "graphs": graphs, "validation": [c.to_dict() for c in checks]},

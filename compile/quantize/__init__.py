@@ -153,9 +153,8 @@ def quantize_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, s
     """
     spec.check()
     src = load_bundle(bundle_dir)
-    have = src.manifest.get("precision", {}).get("name", src.spec.dtype)
-    if have != "float32":
-        raise UserError(f"{bundle_dir} is already a {have} bundle; quantize the float32 bundle it came from "
+    if src.precision != "fp32":
+        raise UserError(f"{bundle_dir} is already a {src.precision} bundle; quantize the float32 bundle it came from "
                         f"({src.manifest.get('source', {}).get('path', 'see its manifest')})")
     if src.manifest.get("detoxified_in_graph"):
         raise UserError(f"{bundle_dir} was detoxified in its graph by compile.qfold; quantize its float32 source "

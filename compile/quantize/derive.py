@@ -9,18 +9,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from runtime.artifacts import MANIFEST, atomic_dir, check_output, read_manifest, sha256_file, write_manifest
-from runtime.bundle import GRAPHS, RUNTIME_FILE, TOKENIZER_FILE, Bundle, load_bundle
+from runtime.bundle import BUNDLE_KIND, FORMAT_VERSION, GRAPHS, RUNTIME_FILE, TOKENIZER_FILE, Bundle, load_bundle
 from runtime.errors import UserError
 
-KIND = "sgm-bundle"
-FORMAT_VERSION = 1
 CARRIED = ("model_type", "model", "export", "versions", "precision", "detoxified_in_graph")  # kept unless replaced
 
 
 def source_record(bundle: Bundle) -> dict[str, Any]:
     return {"path": str(bundle.root.resolve()), "fingerprint": bundle.fingerprint,
             "manifest_sha256": sha256_file(bundle.root / MANIFEST), "model": bundle.spec.model,
-            "precision": bundle.manifest.get("precision", {}).get("name", bundle.spec.dtype)}
+            "precision": bundle.precision}
 
 
 def copy_graph(src: Bundle, graph: str, out: Path) -> None:
@@ -39,7 +37,7 @@ def _prepare(out: Path, overwrite: bool) -> bool:
         raise UserError(f"{out} already exists; pass --overwrite or choose another directory")
     if out.is_dir() and any(out.iterdir()):
         kind = read_manifest(out, verify=False).get("kind") if (out / MANIFEST).is_file() else None
-        if kind != KIND:
+        if kind != BUNDLE_KIND:
             raise UserError(f"{out} holds other files (not a bundle); choose another output directory")
     return True
 
@@ -54,7 +52,7 @@ def derive_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
     measure the finished bundle (its result goes into the manifest as `check`). Atomic: nothing is left
     at `out_dir` when either raises. `inputs`: the other paths the transform reads (never written over).
     """
-    out = check_output(out_dir, [src_dir, *inputs], kind=KIND)
+    out = check_output(out_dir, [src_dir, *inputs], kind=BUNDLE_KIND)
     src = load_bundle(src_dir)
     replace = _prepare(out, overwrite)
     with atomic_dir(out, overwrite=replace) as tmp:
@@ -71,7 +69,7 @@ def derive_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
         carried = {k: src.manifest[k] for k in CARRIED if k in src.manifest}
         fields = {**carried, **fields, "source": source_record(src)}
         if after is not None:
-            write_manifest(tmp, KIND, format_version=FORMAT_VERSION, **fields)
+            write_manifest(tmp, BUNDLE_KIND, format_version=FORMAT_VERSION, **fields)
             fields["check"] = after(tmp)
-        manifest = write_manifest(tmp, KIND, format_version=FORMAT_VERSION, **fields)
+        manifest = write_manifest(tmp, BUNDLE_KIND, format_version=FORMAT_VERSION, **fields)
     return manifest

@@ -391,7 +391,7 @@ def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 
     from compile.quantize.ort_cpu import upgrade_opset
     from compile.quantize.trt_graphs import fp16
 
-    if src.manifest.get("precision", {}).get("name", src.spec.dtype) != "float32":
+    if src.precision != "fp32":
         raise UserError(f"{src.root} is not a float32 bundle; convert the bundle compile.export wrote")
     if src.manifest.get("detoxified_in_graph"):
         raise UserError(f"{src.root} was detoxified by compile.qfold; convert its source and apply compile.qfold after")

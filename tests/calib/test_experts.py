@@ -100,7 +100,7 @@ def test_bad_inputs_and_tampering_are_refused(model, tmp_path, monkeypatch) -> N
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
-    monkeypatch.setattr(experts_mod, "write_manifest", boom)
+    monkeypatch.setattr(experts_mod, "write_experts_file", boom)
     with pytest.raises(RuntimeError):
         save_experts(ex, tmp_path / "half")
     assert not (tmp_path / "half").exists() and list(tmp_path.iterdir()) == [tmp_path / "ex"]

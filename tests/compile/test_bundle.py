@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compile.export.bundle import KIND, export_bundle
+from compile.export.bundle import export_bundle
 from runtime.artifacts import read_manifest
+from runtime.bundle import BUNDLE_KIND
 from runtime.errors import UserError
 from runtime.protocol import GenerationConfig, GenerationRequest
 
@@ -109,7 +110,7 @@ def test_runtime_json_follows_the_contract(bundle, tiny_llava) -> None:
 
 def test_manifest_records_files_and_provenance(bundle, tiny_llava) -> None:
     out, manifest = bundle
-    assert read_manifest(out) == manifest and manifest["kind"] == KIND
+    assert read_manifest(out) == manifest and manifest["kind"] == BUNDLE_KIND
     assert sorted(manifest["files"]) == ["decoder.onnx", "embed.onnx", "runtime.json", "tokenizer.json", "vision.onnx"]
     assert manifest["model"]["mlp_weights_sha256"] == tiny_llava.fingerprint()["mlp_weights_sha256"]
     assert manifest["model"]["folded"] is False and manifest["model"]["experts"] is None

@@ -98,7 +98,7 @@ def test_build_passes_profiles_and_options_to_tensorrt(bundle: Path, tmp_path: P
     assert (out / "timing.cache").read_bytes() == b"fake-timing-cache:3"
     assert manifest["kind"] == "sgm-engines"
     assert manifest["bundle"]["fingerprint"] == load_bundle(bundle).fingerprint
-    assert manifest["bundle"]["precision"] == "float32"
+    assert manifest["bundle"]["precision"] == "fp32"
     assert manifest["tensorrt"] == {"version": "10.3.0", "strongly_typed": True}
     assert manifest["device"] == {"index": 0, "name": "Fake Orin", "compute_capability": "8.7"}
     assert manifest["engines"]["decoder"]["profiles"][1]["shapes"]["attention_mask"] == [[1, 2], [2, 256], [4, 1000]]

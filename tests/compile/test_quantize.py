@@ -59,7 +59,7 @@ def test_int4_is_matmulnbits_with_the_chosen_blocks(built):
     assert p["name"] == "int4" and p["method"] == "rtn" and p["target"] == "onnxruntime-cpu"
     assert p["graphs"]["decoder"]["quantized"] == 15 and p["graphs"]["vision"] == "unchanged"
     assert p["graphs"]["decoder"]["bytes_after"] < 0.7 * p["graphs"]["decoder"]["bytes_before"]  # tiny: graph overhead
-    assert manifest["source"]["precision"] == "float32" and manifest["model"]["name"] == "tiny-random-llava"
+    assert manifest["source"]["precision"] == "fp32" and manifest["model"]["name"] == "tiny-random-llava"
     assert load_bundle(path).spec.dtype == "float32"
 
 
