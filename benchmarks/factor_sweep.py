@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from calib.models import load_generator
     from runtime.judges import load_judge
     from runtime.mmtoxicqa import corpus
-    from runtime.mmtoxicqa.__main__ import condition_limits, dataset_record, limit_items, parse_conditions
+    from runtime.mmtoxicqa.evaluate import condition_limits, dataset_record, limit_items, parse_conditions
     from runtime.mmtoxicqa.builder import cached_dataset
     from runtime.mmtoxicqa.dataset import load_dataset
     from runtime.mmtoxicqa.runner import RunSettings, run_benchmark

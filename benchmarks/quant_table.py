@@ -32,7 +32,7 @@ from runtime.generate import BundleGenerator  # noqa: E402
 from runtime.mmtoxicqa import corpus  # noqa: E402
 from runtime.mmtoxicqa.builder import cached_dataset  # noqa: E402
 from runtime.mmtoxicqa.dataset import load_dataset  # noqa: E402
-from runtime.mmtoxicqa.__main__ import condition_limits, dataset_record, limit_items  # noqa: E402
+from runtime.mmtoxicqa.evaluate import condition_limits, dataset_record, limit_items  # noqa: E402
 from runtime.mmtoxicqa.items import CONDITIONS, TOXIC_CONDITIONS  # noqa: E402
 from runtime.mmtoxicqa.runner import REPORT_FILE, RunSettings, run_benchmark  # noqa: E402
 from runtime.protocol import GenerationConfig, GenerationRequest  # noqa: E402

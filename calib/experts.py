@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -232,8 +232,6 @@ def _calibration(args: Any, model: Any) -> tuple[list, dict[str, Any]]:
     """The labelled samples and their provenance for the manifest."""
     from calib import calibset
 
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.calib.startswith("rtp:"):
         samples = _limit_by(calibset.load_rtp(args.calib[4:], text=args.rtp_text), lambda x: x.label, args.limit)
         return samples, calibset.calibset_info(samples, "rtp", path=str(Path(args.calib[4:]).resolve()),
@@ -276,51 +274,107 @@ def _calibration(args: Any, model: Any) -> tuple[list, dict[str, Any]]:
         labels_by_condition=by_condition)
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How `calibrate` scores and turns scores into factors: the CLI's options (same names), with its defaults."""
+
+    method: str = "sgm"
+    strength: float | None = None
+    threshold: float | None = None
+    top_k: int | None = None
+    top_fraction: float = DEFAULT_TOP_FRACTION
+    damp_alpha: float | None = None
+    auroc_from: str | None = None
+    calib: str = "mmtoxicqa"
+    dataset: str | None = None
+    conditions: str = ",".join(DEFAULT_CONDITIONS)
+    limit: int | None = None
+    samples_per_item: int = DEFAULT_SAMPLES_PER_ITEM
+    max_new_tokens: int = 48
+    seed: int = 0
+    judge: str | None = None
+    label_threshold: float | None = None
+    responses: str | None = None
+    rtp_text: str = "prompt"
+    allow_small_calibration: bool = False
+    pooling: str = "max"
+    max_response_tokens: int = 128
+    match_lengths: bool = False
+    batch_size: int = 8
+    store_dtype: str = "float32"
+    null_permutations: int = 0
+    work_dir: str | None = None
+
+    @property
+    def capped(self) -> bool:
+        """Whether the number of suppressed units is capped by `top_fraction` (aura takes no cap; top_k wins)."""
+        return self.top_k is None and self.method != "aura" and self.top_fraction > 0
+
+    def spec(self, top_k: int | None) -> FactorSpec:
+        """The factor rule with `top_k`; raises on any bad parameter."""
+        from calib.factors import factor_spec
+
+        return factor_spec(self.method, strength=self.strength, threshold=self.threshold, top_k=top_k,
+                           damp_alpha=self.damp_alpha)
+
+    def check(self) -> None:
+        """Refuse bad settings before anything loads."""
+        from calib.factors import top_k_for
+
+        top_k_for(self.top_fraction, 1)
+        if self.null_permutations < 0:
+            raise UserError(f"--null-permutations must be >= 0, got {self.null_permutations}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
+        self.spec(1 if self.capped else self.top_k)
+
+
+def calibrate(model_name: str, out: str | os.PathLike, settings: CalibrationSettings = CalibrationSettings(),
+              overwrite: bool = False) -> Experts:
+    """Score every MLP unit of `model_name` (zoo name or path) on the calibration set, or take `auroc_from`'s
+    scores, compute the factors and write the experts artifact to `out`; returns it."""
+    from calib.factors import top_k_for
+
+    s = settings
+    s.check()
+    text_set = s.calib.split(":", 1)[1] if ":" in s.calib else None
+    check_output(out, [model_name, s.auroc_from, s.dataset, s.responses, text_set, s.work_dir], kind=KIND)
+    if s.responses:
+        check_output(s.responses, [model_name, s.dataset, text_set], directory=False, flag="--responses")
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    from calib.models import load_model
+
+    model = load_model(model_name)
+    spec = s.spec(top_k_for(s.top_fraction, sum(width for _, width in model_units(model))) if s.capped else s.top_k)
+    if s.auroc_from:
+        experts = load_experts(s.auroc_from, model).with_spec(spec)
+        used = experts.scoring
+        if "n_toxic_used" in used:
+            _small(s, check_class_counts, int(used["n_toxic_used"]), int(used["n_nontoxic_used"]))
+    else:
+        experts = _score(s, model, spec)
+    save_experts(experts, out, overwrite=overwrite)
+    totals = experts.counts()["totals"]
+    print(f"wrote {out}: {totals['suppressed']} of {totals['units']} units suppressed "
+          f"({100 * totals['suppressed_fraction']:.2f}%), min alpha {totals['min_alpha']:.3f}, "
+          f"calibration {experts.calibration.get('n_toxic')} toxic / {experts.calibration.get('n_nontoxic')} "
+          f"non-toxic", file=sys.stderr)
+    return experts
+
+
+def settings_from_args(args: argparse.Namespace) -> CalibrationSettings:
+    """The settings of parsed `python -m calib.experts` arguments."""
+    return CalibrationSettings(**{f.name: getattr(args, f.name) for f in fields(CalibrationSettings)})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build an experts artifact (see `_parser`); user errors print one line and exit 2."""
-    import sys
-
     from runtime.cli import run
 
     def _main(argv: Sequence[str] | None) -> None:
         args = _parser().parse_args(argv)
-        from calib.factors import factor_spec, top_k_for
-
-        top_k_for(args.top_fraction, 1)  # a bad fraction is refused before anything loads
-        if args.null_permutations < 0:
-            raise UserError(f"--null-permutations must be >= 0, got {args.null_permutations}")
-        capped = args.top_k is None and args.method != "aura" and args.top_fraction > 0
-
-        def spec_with(top_k: int | None) -> FactorSpec:
-            return factor_spec(args.method, strength=args.strength, threshold=args.threshold, top_k=top_k,
-                               damp_alpha=args.damp_alpha)
-
-        spec = spec_with(1 if capped else args.top_k)  # validates every parameter before anything loads
-        text_set = args.calib.split(":", 1)[1] if ":" in args.calib else None
-        check_output(args.out, [args.model, args.auroc_from, args.dataset, args.responses, text_set, args.work_dir],
-                     kind=KIND)
-        if args.responses:
-            check_output(args.responses, [args.model, args.dataset, text_set], directory=False, flag="--responses")
-        if Path(args.out).exists() and not args.overwrite:
-            raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
-        from calib.models import load_model
-
-        model = load_model(args.model)
-        if capped:
-            spec = spec_with(top_k_for(args.top_fraction, sum(width for _, width in model_units(model))))
-        if args.auroc_from:
-            experts = load_experts(args.auroc_from, model).with_spec(spec)
-            used = experts.scoring
-            if "n_toxic_used" in used:
-                _small(args, check_class_counts, int(used["n_toxic_used"]), int(used["n_nontoxic_used"]))
-        else:
-            experts = _score(args, model, spec)
-        save_experts(experts, args.out, overwrite=args.overwrite)
-        totals = experts.counts()["totals"]
-        print(f"wrote {args.out}: {totals['suppressed']} of {totals['units']} units suppressed "
-              f"({100 * totals['suppressed_fraction']:.2f}%), min alpha {totals['min_alpha']:.3f}, "
-              f"calibration {experts.calibration.get('n_toxic')} toxic / {experts.calibration.get('n_nontoxic')} "
-              f"non-toxic", file=sys.stderr)
+        calibrate(args.model, args.out, settings_from_args(args), overwrite=args.overwrite)
 
     return run(_main, argv)
 

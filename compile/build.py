@@ -13,14 +13,16 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from calib.factors import DEFAULT_TOP_FRACTION
+from calib.experts import CalibrationSettings, calibrate
 from runtime import cli
-from runtime.artifacts import MANIFEST, check_output, read_manifest, sha256_file, sha256_json
+from runtime.artifacts import MANIFEST, check_output, read_manifest, sha256_file, sha256_json, write_manifest
 from runtime.errors import UserError
+from runtime.mmtoxicqa.evaluate import Evaluation, evaluate
+from runtime.mmtoxicqa.runner import RunSettings
 
 BUILD_FILE = "build.json"
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-qdq", "int4-qdq")
@@ -49,6 +51,7 @@ STAGES = (
                                     "gate on the pair, report.html"),
 )
 REPORT_HTML = "report.html"
+REPORT_KIND = "sgm-report"  # the manifest of an evaluate / reference stage directory
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,16 +63,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory (one sub-directory per stage)")
     g = p.add_argument_group("calib: toxic experts and SGM factors")
     g.add_argument("--experts", type=Path, help="reuse an existing experts artifact instead of calibrating")
-    g.add_argument("--method", choices=("sgm", "aura", "det0", "damp"), default="sgm",
+    g.add_argument("--method", choices=("sgm", "aura", "det0", "damp"), default=CalibrationSettings.method,
                    help="factor rule: SGM expertise-weighted soft suppression (default) or a baseline")
     g.add_argument("--strength", type=float, help="SGM strength s in alpha = clip(1 - s(2 AUROC - 1), 0, 1)")
     g.add_argument("--threshold", type=float, help="only units with AUROC above this are suppressed")
     g.add_argument("--top-k", type=int, help="cap the number of suppressed units (global, by AUROC)")
-    g.add_argument("--top-fraction", type=float, default=DEFAULT_TOP_FRACTION,
+    g.add_argument("--top-fraction", type=float, default=CalibrationSettings.top_fraction,
                    help="cap as a fraction of all MLP units when --top-k is not given (default %(default)s; 0 = no "
                         "cap). Chosen on smol-llava's calibration split (docs/factors.md): broad dampening breaks small "
                         "models (AurA there touched 57%% of units, perplexity +75%%)")
-    g.add_argument("--pooling", choices=("max", "mean"), default="max", help="pooling over response tokens")
+    g.add_argument("--pooling", choices=("max", "mean"), default=CalibrationSettings.pooling,
+                   help="pooling over response tokens")
     g.add_argument("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT,
                    help="calibration items per condition (default %(default)s; 0 = all)")
     g.add_argument("--allow-small-calibration", action="store_true",
@@ -91,12 +95,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-eval", action="store_true", help="do not run MM-TOXIC-QA on the result")
     g.add_argument("--eval-limit", type=int, default=DEFAULT_EVAL_LIMIT,
                    help="evaluation items per condition (default %(default)s; 0 = all)")
-    g.add_argument("--eval-samples", type=int, default=1,
+    g.add_argument("--eval-samples", type=int, default=RunSettings.samples,
                    help="sampled responses per toxic or benign item (k, for toxicity probability; default 1)")
     g.add_argument("--no-reference", dest="reference", action="store_false",
                    help="do not evaluate the undetoxified model on the same items (no before -> after)")
     p.add_argument("--limit", type=int, help="quick run: sets both --calib-limit and --eval-limit")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=RunSettings.seed)
     p.add_argument("--dry-run", action="store_true", help="check the inputs and print the plan; write nothing")
     return p
 
@@ -162,12 +166,6 @@ class Build:
         return path
 
 
-def _call(main: Callable[[Sequence[str]], int], argv: list[str], stage: str) -> None:
-    rc = main(argv)
-    if rc:
-        raise UserError(f"stage {stage} failed (exit {rc}, reason above)")
-
-
 def _model_key(location: Path | str) -> dict[str, Any]:
     """What identifies the source model: its manifest (cache-built) or config (a directory), or the hub id."""
     p = Path(str(location))
@@ -177,33 +175,48 @@ def _model_key(location: Path | str) -> dict[str, Any]:
     return {"location": str(location)}
 
 
+def calibration_settings(args: argparse.Namespace) -> CalibrationSettings:
+    """The calib stage's settings from the build's options."""
+    limit = args.limit if args.limit is not None else args.calib_limit
+    return CalibrationSettings(method=args.method, strength=args.strength, threshold=args.threshold, top_k=args.top_k,
+                               top_fraction=args.top_fraction, pooling=args.pooling, seed=args.seed,
+                               limit=limit or None, allow_small_calibration=args.allow_small_calibration)
+
+
+def evaluation_settings(args: argparse.Namespace) -> Evaluation:
+    """The evaluate and reference stages' settings (the same items and decoding for both)."""
+    limit = args.limit if args.limit is not None else args.eval_limit
+    return Evaluation(RunSettings(seed=args.seed, samples=args.eval_samples), limit=limit or None, progress=False)
+
+
+def evaluation_stage(build: Build, name: str, directory: str, source: dict[str, Any], evaluation: Evaluation,
+                     bundle: Path | None = None, model: str | None = None) -> Path:
+    """MM-TOXIC-QA on the bundle or the PyTorch model as a resumable stage; its manifest records `source` and the
+    evaluation settings."""
+    record = evaluation.to_dict()
+
+    def run(out: Path) -> None:
+        evaluate(out, evaluation, bundle=bundle, model=model)
+        write_manifest(out, REPORT_KIND, **source, evaluation=record)
+
+    return build.stage(name, directory, {**source, "evaluation": record}, run, resumable=True)
+
+
 def run_build(args: argparse.Namespace) -> dict[str, Any]:
     """Chain the stages; return the final report (or None when evaluation is skipped)."""
     from calib.models import resolve
 
     model_type, location = resolve(args.model)
     build = Build(args.out)
-    calib_limit = args.limit if args.limit is not None else args.calib_limit
-    eval_limit = args.limit if args.limit is not None else args.eval_limit
     model_key = _model_key(location)
 
     if args.experts is not None:
         read_manifest(args.experts)
         experts = args.experts
     else:
-        from calib import experts as calib_experts
-
-        argv = ["--model", args.model, "--method", args.method, "--pooling", args.pooling, "--seed", str(args.seed)]
-        for flag, value in (("--strength", args.strength), ("--threshold", args.threshold), ("--top-k", args.top_k),
-                            ("--top-fraction", args.top_fraction if args.method != "aura" else None)):
-            if value is not None:
-                argv += [flag, str(value)]
-        if calib_limit:
-            argv += ["--limit", str(calib_limit)]
-        if args.allow_small_calibration:
-            argv += ["--allow-small-calibration"]
-        experts = build.stage("calib", "experts", {"model": model_key, "argv": argv},
-                              lambda out: _call(calib_experts.main, argv + ["--out", str(out)], "calib"))
+        settings = calibration_settings(args)
+        experts = build.stage("calib", "experts", {"model": model_key, "settings": asdict(settings)},
+                              lambda out: calibrate(args.model, out, settings))
 
     from compile.fold import fold_to_dir
 
@@ -247,33 +260,13 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
 
     report = None
     if not args.skip_eval:
-        from runtime.mmtoxicqa.__main__ import main as mmtoxicqa_main
-
-        settings = ["--seed", str(args.seed), "--samples", str(args.eval_samples), "--no-progress"]
-        if eval_limit:
-            settings += ["--limit", str(eval_limit)]
-        argv = ["run", "--bundle", str(bundle), *settings]
-
-        def evaluate(out: Path) -> None:
-            _call(mmtoxicqa_main, argv + ["--out", str(out)], "evaluate")
-            from runtime.artifacts import write_manifest
-
-            write_manifest(out, "sgm-report", bundle_manifest_sha256=_manifest_sha(bundle), argv=argv)
-
-        report_dir = build.stage("evaluate", "report", {"bundle": _manifest_sha(bundle), "argv": argv}, evaluate,
-                                 resumable=True)
+        evaluation = evaluation_settings(args)
+        report_dir = evaluation_stage(build, "evaluate", "report", {"bundle_manifest_sha256": _manifest_sha(bundle)},
+                                      evaluation, bundle=bundle)
         report = json.loads((report_dir / "report.json").read_text())
         if args.reference:
-            ref_argv = ["run", "--model", args.model, *settings]
-
-            def reference(out: Path) -> None:
-                _call(mmtoxicqa_main, ref_argv + ["--out", str(out)], "reference")
-                from runtime.artifacts import write_manifest
-
-                write_manifest(out, "sgm-report", model=model_key, argv=ref_argv)
-
-            ref_dir = build.stage("reference", "reference", {"model": model_key, "argv": ref_argv}, reference,
-                                  resumable=True)
+            ref_dir = evaluation_stage(build, "reference", "reference", {"model": model_key}, evaluation,
+                                       model=args.model)
             compare_pair(ref_dir, report_dir, experts, args.out / REPORT_HTML)
 
     print("\nartifacts:")
@@ -376,8 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    if not 0.0 <= args.top_fraction < 1.0:
-        raise UserError(f"--top-fraction must be in [0, 1), got {args.top_fraction}")
+    if args.experts is None:
+        calibration_settings(args).check()
     if args.eval_samples < 1:
         raise UserError(f"--eval-samples must be >= 1, got {args.eval_samples}")
     if args.calib_limit < 0:

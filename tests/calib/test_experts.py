@@ -1,6 +1,7 @@
 """The experts artifact: round trip, counts, atomic writes, and refusal of a mismatched model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -147,3 +148,12 @@ def test_cli_builds_from_text_set_and_refactors(tmp_path, capsys) -> None:
     assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(tmp_path / "x"), "--top-fraction", "1.5",
                              "--auroc-from", str(out)]) == 2
     assert "top fraction must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_every_cli_option_is_a_setting_with_the_same_default() -> None:
+    """The CLI is a thin layer over calibrate: each option (but model, out, overwrite) is a CalibrationSettings
+    field of the same name and default."""
+    cli_defaults = {a.dest: a.default for a in experts_mod._parser()._actions
+                    if a.dest not in ("help", "model", "out", "overwrite")}
+    settings = experts_mod.CalibrationSettings()
+    assert cli_defaults == {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}

@@ -56,3 +56,17 @@ def test_fused_settings_that_cannot_work_are_refused_before_any_stage(tmp_path):
         assert "fused" in p.stdout and "runs" in p.stdout.split("fused", 1)[1].splitlines()[0]
     else:
         assert "cannot import" in p.stderr
+
+
+def test_stage_settings_come_from_the_build_options() -> None:
+    """The build hands calib.experts.calibrate and runtime.mmtoxicqa.evaluate typed settings, not command lines."""
+    from compile.build import calibration_settings, evaluation_settings, parser
+
+    args = parser().parse_args(["--method", "aura", "--limit", "5", "--seed", "3", "--eval-samples", "2",
+                                "--allow-small-calibration"])
+    calib = calibration_settings(args)
+    assert (calib.method, calib.limit, calib.seed, calib.allow_small_calibration) == ("aura", 5, 3, True)
+    assert not calib.capped  # aura takes no cap, whatever --top-fraction says
+    assert calibration_settings(parser().parse_args(["--calib-limit", "0"])).limit is None  # 0 = all
+    ev = evaluation_settings(args)
+    assert (ev.limit, ev.settings.seed, ev.settings.samples, ev.progress) == (5, 3, 2, False)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from runtime.mmtoxicqa import __main__ as cli
+from runtime.mmtoxicqa import evaluate
 from runtime.mmtoxicqa.dataset import load_dataset
 
 from .conftest import SMALL, CannedGenerator, KeywordJudge
@@ -30,8 +31,8 @@ def test_run_command_with_fakes(small_dataset, tmp_path, monkeypatch, capsys):
         loaded["judge"] = name
         return KeywordJudge()
 
-    monkeypatch.setattr(cli, "load_model", fake_model)
-    monkeypatch.setattr(cli, "load_judge", fake_judge)
+    monkeypatch.setattr(evaluate, "load_model", fake_model)
+    monkeypatch.setattr(evaluate, "load_judge", fake_judge)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(("word " * 30 + "\n") * 3)
     out = tmp_path / "run"
@@ -56,7 +57,7 @@ def test_run_command_with_fakes(small_dataset, tmp_path, monkeypatch, capsys):
     (["--ppl-corpus", "/nonexistent/wiki.txt"], "perplexity corpus /nonexistent/wiki.txt does not exist"),
 ])
 def test_run_errors_exit_2(small_dataset, tmp_path, monkeypatch, capsys, extra, message):
-    monkeypatch.setattr(cli, "load_model", lambda name: pytest.fail("the model must not load on bad input"))
+    monkeypatch.setattr(evaluate, "load_model", lambda name: pytest.fail("the model must not load on bad input"))
     assert cli.main(["run", "--model", "m", "--out", str(tmp_path / "r"), "--dataset", str(small_dataset),
                      "--no-progress", *extra]) == 2
     assert message in capsys.readouterr().err
@@ -64,11 +65,11 @@ def test_run_errors_exit_2(small_dataset, tmp_path, monkeypatch, capsys, extra, 
 
 def test_limit_items_keeps_order_per_condition(small_dataset):
     items = load_dataset(small_dataset, split="evaluation")
-    got = cli.limit_items(items, 1)
+    got = evaluate.limit_items(items, 1)
     assert [it.condition for it in got] == ["standard", "jailbreak", "typographic", "continuation", "benign",
                                                   "visual"]
     assert all(it is next(j for j in items if j.condition == it.condition) for it in got)
-    assert len(cli.limit_items(items, None)) == 6 * SMALL.eval_size
+    assert len(evaluate.limit_items(items, None)) == 6 * SMALL.eval_size
 
 
 def test_runtime_modules_do_not_import_torch():

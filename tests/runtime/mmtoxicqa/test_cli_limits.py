@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import UserError
-from runtime.mmtoxicqa.__main__ import condition_limits, limit_items
+from runtime.mmtoxicqa.evaluate import condition_limits, limit_items
 
 
 class _It:

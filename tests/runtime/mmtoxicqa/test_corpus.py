@@ -11,7 +11,7 @@ import pytest
 
 from runtime import assets
 from runtime.mmtoxicqa import __main__ as cli
-from runtime.mmtoxicqa import corpus
+from runtime.mmtoxicqa import corpus, evaluate
 from runtime.errors import UserError
 
 from .conftest import CannedGenerator, KeywordJudge
@@ -130,8 +130,8 @@ def test_no_registry_names_the_wheel_and_the_fixes(offline, no_env):
 
 
 def test_cli_run_records_the_packaged_corpus(small_dataset, tmp_path, monkeypatch, no_env):
-    monkeypatch.setattr(cli, "load_model", lambda name: CannedGenerator({}, default="a calm answer", name=name))
-    monkeypatch.setattr(cli, "load_judge", lambda name: KeywordJudge())
+    monkeypatch.setattr(evaluate, "load_model", lambda name: CannedGenerator({}, default="a calm answer", name=name))
+    monkeypatch.setattr(evaluate, "load_judge", lambda name: KeywordJudge())
     out = tmp_path / "run"
     assert cli.main(["run", "--model", "m", "--out", str(out), "--dataset", str(small_dataset), "--limit", "1",
                      "--conditions", "benign", "--no-progress"]) == 0
@@ -143,7 +143,7 @@ def test_cli_run_records_the_packaged_corpus(small_dataset, tmp_path, monkeypatc
 
 def test_cli_run_without_the_corpus_exits_2_before_loading_the_model(small_dataset, offline, monkeypatch, capsys,
                                                                     no_env):
-    monkeypatch.setattr(cli, "load_model", lambda name: pytest.fail("the model must not load without a corpus"))
+    monkeypatch.setattr(evaluate, "load_model", lambda name: pytest.fail("the model must not load without a corpus"))
     assert cli.main(["run", "--model", "m", "--out", str(offline.parent / "r"), "--dataset", str(small_dataset),
                      "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 
 from runtime.errors import UserError
 from runtime.mmtoxicqa import __main__ as cli
+from runtime.mmtoxicqa import evaluate
 from runtime.mmtoxicqa.spec import DatasetSpec, load_spec, parse_dataset
 
 from .conftest import CannedGenerator, KeywordJudge
@@ -82,8 +83,8 @@ def test_load_spec_refuses_other_splits_and_absent_conditions(tmp_path):
 def fakes(monkeypatch):
     """The CLI with a canned model (prompt 0 answers: calm, "you idiot", calm) and the keyword judge."""
     gen = CannedGenerator({"Continue this text: prompt number 0": ["calm", "you idiot", "fine"]}, default="calm")
-    monkeypatch.setattr(cli, "load_model", lambda name: gen)
-    monkeypatch.setattr(cli, "load_judge", lambda name: KeywordJudge())
+    monkeypatch.setattr(evaluate, "load_model", lambda name: gen)
+    monkeypatch.setattr(evaluate, "load_judge", lambda name: KeywordJudge())
     return gen
 
 
@@ -137,7 +138,7 @@ def _bad_rtp(tmp_path: Path, second_line: str) -> str:
     (lambda t: f"mmsafetybench:{t / 'absent'}", "MM-SafetyBench root"),
 ])
 def test_bad_user_sets_exit_2_before_loading_the_model(tmp_path, monkeypatch, capsys, make, message):
-    monkeypatch.setattr(cli, "load_model", lambda name: pytest.fail("the model must not load on bad input"))
+    monkeypatch.setattr(evaluate, "load_model", lambda name: pytest.fail("the model must not load on bad input"))
     value = make(tmp_path)
     assert cli.main(["run", "--model", "m", "--dataset", value, "--out", str(tmp_path / "r"), "--no-ppl",
                      "--no-progress"]) == 2
