@@ -149,7 +149,7 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
     """The builder's float32 MatMuls as MatMulNBits with the GGUF's own blocks (+ block-sum offsets), as
     compile.quantize.gguf does for the standard decoder; each converted weight is checked against the float32 one
     (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`)."""
-    from compile.quantize.gguf import _com_microsoft, replace_matmul
+    from compile.quantize.gguf import _com_microsoft, replace_matmul, rewrite_graph
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -171,12 +171,7 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
                         "tensors; this builder's graph is not one this converter knows")
     if row_scales and sorted(folded) != sorted(row_scales):
         raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no converted MatMul")
-    still_used = {i for n in nodes for i in n.input}
-    keep = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(keep + added)
+    rewrite_graph(graph, nodes, dropped, added)
     _com_microsoft(model)
     return {"method": "gguf-exact", "converted": converted, "max_abs_diff_vs_float32": worst,
             "folded_modules": len(folded), "accuracy_level": accuracy_level}

@@ -296,12 +296,7 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
     if sum(converted.values()) + len(kept_float) < expected:
         raise UserError(f"only {sum(converted.values())} of the decoder's Linears map to GGUF tensors; the graph "
                         "does not come from a llama-family export this converter knows")
-    still_used = {i for n in nodes for i in n.input}
-    keep = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(keep + added)
+    rewrite_graph(graph, nodes, dropped, added)
     if row_scales and sorted(folded) != sorted(row_scales):
         raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no GGUF-converted MatMul")
     if not qdq:
@@ -338,6 +333,17 @@ def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.Mo
     graph.initializer.extend(tensors)
     _com_microsoft(model)
     return model, {"converted": {"Q8_0": 1}, "max_abs_diff_vs_float32": worst}
+
+
+def rewrite_graph(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], dropped: set[str],
+                  added: list[onnx.TensorProto]) -> None:
+    """Give `graph` the nodes `nodes`; drop the initializers in `dropped` that no node reads any more, add `added`."""
+    still_used = {i for n in nodes for i in n.input}
+    keep = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep + added)
 
 
 def _com_microsoft(model: onnx.ModelProto) -> None:
