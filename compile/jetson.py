@@ -11,7 +11,7 @@ Layout of the output directory (kind "sgm-jetson-bundle"):
 - cache/derived/     the converted toxicity judge, so the smoke run needs no network
 - data/mmtoxicqa/    the MM-TOXIC-QA dataset (evaluation split used by the smoke run)
 - build_engines.sh   picks profile limits from the device's memory, runs compile.engine into engines/
-- smoke.sh, smoke.py a few items per condition through the TensorRT backend, judged on the device
+- smoke.sh           a few items per condition through the TensorRT backend, judged on the device
 - requirements-jetson.txt, README.md, manifest.json
 Engines are not built here: they are specific to the GPU and the TensorRT version, so they are built where they run.
 """
@@ -136,7 +136,6 @@ def _copy_code(out: Path) -> list[str]:
     (out / "code" / "compile" / "__init__.py").write_text('"""The engine builder of the toolchain (compile.engine), '
                                                           'shipped alone for on-device builds."""\n')
     shutil.copy2(_REPO / "compile" / "engine.py", out / "code" / "compile" / "engine.py")
-    shutil.copy2(_REPO / "compile" / "jetson_smoke.py", out / "smoke.py")
     return copied
 
 
@@ -191,7 +190,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 export PYTHONPATH="$HERE/code${PYTHONPATH:+:$PYTHONPATH}"
 export SGM_CACHE="$HERE/cache"
-exec "${PYTHON:-python3}" "$HERE/smoke.py" "$@"
+exec "${PYTHON:-python3}" -m runtime.jetson_smoke --bundle "$HERE/bundle" --engines "$HERE/engines" \
+    --dataset "$HERE/data/mmtoxicqa" --out "$HERE/smoke" "$@"
 """
 
 

@@ -12,11 +12,13 @@ from runtime.backends.base import Backend, KVCache
 from runtime.bundle import Bundle
 from runtime.errors import UserError
 
-BACKENDS = {"onnxruntime": ("runtime.backends.ort", "OrtBackend", "OrtOptions")}
+BACKENDS = {"onnxruntime": ("runtime.backends.ort", "OrtBackend", "OrtOptions"),
+            "tensorrt": ("runtime.backends.trt", "TrtBackend", "TrtOptions")}
 
 
 def open_backend(bundle: Bundle, name: str = "onnxruntime", **options: Any) -> Backend:
-    """The backend `name` on `bundle`, with its options (for onnxruntime: runtime.backends.ort.OrtOptions fields)."""
+    """The backend `name` on `bundle`, with its options (the fields of its options class: runtime.backends.ort.
+    OrtOptions, runtime.backends.trt.TrtOptions)."""
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     module_name, cls_name, options_name = BACKENDS[name]

@@ -67,7 +67,7 @@ def _env(out: Path, fake: Path | None) -> dict[str, str]:
 def test_layout_and_manifest(shipped, tiny: Path):
     out, manifest = shipped
     for rel in ("bundle/decoder.onnx", "bundle/manifest.json", "code/runtime/backends/trt.py",
-                "code/runtime/backends/cudart.py", "code/compile/engine.py", "code/compile/__init__.py", "smoke.py",
+                "code/runtime/backends/cudart.py", "code/compile/engine.py", "code/compile/__init__.py", "code/runtime/jetson_smoke.py",
                 "build_engines.sh", "smoke.sh", "requirements-jetson.txt", "README.md",
                 "cache/derived/judge-jigsaw-bilstm-v3/model.onnx", "data/mmtoxicqa/items.jsonl"):
         assert (out / rel).is_file(), rel

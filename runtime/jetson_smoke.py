@@ -1,7 +1,7 @@
 """Smoke MM-TOXIC-QA on a Jetson: the bundle's TensorRT engines answer a few items of every condition,
-judged on the device. Shipped as `smoke.py` in the Jetson bundle (compile.jetson); imports only the runtime.
+judged on the device. The Jetson bundle (compile.jetson) runs it with its own directories from `smoke.sh`:
 
-    python3 smoke.py [--limit 4] [--max-new-tokens 32]   (from the Jetson bundle directory, after build_engines.sh)
+    ./smoke.sh [--limit 4] [--max-new-tokens 32]   (from the Jetson bundle directory, after build_engines.sh)
 """
 from __future__ import annotations
 
@@ -12,22 +12,17 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-HERE = Path(__file__).resolve().parent
-
 
 def run_smoke(bundle_dir: Path, engines_dir: Path, dataset_dir: Path, out: Path, limit: int = 4,
-              max_new_tokens: int = 32, trt: Any = None, cuda: Any = None) -> dict[str, Any]:
+              max_new_tokens: int = 32) -> dict[str, Any]:
     """Run `limit` items per condition through the TensorRT backend; returns the report (also in `out`)."""
-    from runtime.backends.trt import TrtBackend, TrtOptions
-    from runtime.bundle import load_bundle
     from runtime.generate import BundleGenerator
     from runtime.judges import load_judge
     from runtime.mmtoxicqa.dataset import dataset_info, load_dataset
     from runtime.mmtoxicqa.runner import RunSettings, run_benchmark
 
-    bundle = load_bundle(bundle_dir)
-    backend = TrtBackend(bundle, TrtOptions(engines=engines_dir), trt=trt, cuda=cuda)
-    generator = BundleGenerator(bundle, backend)
+    generator = BundleGenerator.open(bundle_dir, "tensorrt", engines=engines_dir)
+    bundle, backend = generator.bundle, generator.backend
     limits = backend.manifest["limits"]
     render = bundle.spec.prompt.render
     context = bundle.spec.context_length
@@ -64,11 +59,11 @@ def run_smoke(bundle_dir: Path, engines_dir: Path, dataset_dir: Path, out: Path,
 def main(argv: Sequence[str] | None = None) -> int:
     from runtime import cli
 
-    p = argparse.ArgumentParser(prog="smoke.py", description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", type=Path, default=HERE / "bundle")
-    p.add_argument("--engines", type=Path, default=HERE / "engines")
-    p.add_argument("--dataset", type=Path, default=HERE / "data" / "mmtoxicqa")
-    p.add_argument("--out", type=Path, default=HERE / "smoke")
+    p = argparse.ArgumentParser(prog="python -m runtime.jetson_smoke", description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle the engines were built from")
+    p.add_argument("--engines", type=Path, required=True, help="the engines directory (compile.engine)")
+    p.add_argument("--dataset", type=Path, required=True, help="an MM-TOXIC-QA dataset directory")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--limit", type=int, default=4, help="items per condition")
     p.add_argument("--max-new-tokens", type=int, default=32)
 
