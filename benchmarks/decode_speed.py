@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench import run_interleaved, summarise  # noqa: E402
 from runners import ort_runner, torch_runner  # noqa: E402
 
-from runtime.bench import run_interleaved, summarise  # noqa: E402
 from runtime.generate import BundleGenerator  # noqa: E402
 from runtime.images import open_image  # noqa: E402
 from runtime.protocol import GenerationRequest  # noqa: E402

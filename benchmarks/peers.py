@@ -5,9 +5,9 @@
         --folded build/detoxified --experts build/experts --genai int4=build/peers/genai-int4 \
         --genai fp32=build/peers/genai-fp32 --gguf auto --json build/peers/peers.json
 
-Every runner lives in its own process (a runtime.bench.Worker), so its peak RSS is its own; all of them load
+Every runner lives in its own process (a benchmarks/bench.py Worker), so its peak RSS is its own; all of them load
 first, then warm-up rounds, then measured rounds in which every runner answers every prompt, the runners'
-order rotating each time (runtime.bench.run_interleaved), so a noisy host slows all of them alike. Reported
+order rotating each time (bench.run_interleaved), so a noisy host slows all of them alike. Reported
 per runner: median [min-max] of prefill ms, time to first token ms and decode tokens/s, and peak RSS.
 
 All runners get the same token ids (a text chat prompt of SmolLM2's template, about as long as an image prompt
@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from runtime.bench import (Worker, WorkerError, floor_tokens_per_s, machine, paired_ratio, ratio,  # noqa: E402
-                           read_bandwidth, run_interleaved, serve, summarise)
+from bench import (Worker, WorkerError, floor_tokens_per_s, machine, paired_ratio, ratio,  # noqa: E402
+                   read_bandwidth, run_interleaved, serve, summarise)
 
 QUESTIONS = (
     "Look at the kitchen in this description: a wooden table, two chairs, a bowl of apples, a kettle on the stove "
@@ -122,7 +122,7 @@ def make_worker(spec: dict[str, Any]) -> tuple[Callable[[Any, int], dict[str, An
         _KEEP.append(stack)  # the hooks stay on for the worker's life
         return runners.torch_runner(model, threads, ignore_eos=ignore), info
     if kind == "runtime":
-        from runtime.bench import onnx_weight_bytes
+        from bench import onnx_weight_bytes
         from runtime.generate import BundleGenerator
 
         gen = BundleGenerator.open(spec["bundle"], threads=threads, decoder=spec.get("decoder", "auto"))
@@ -134,7 +134,7 @@ def make_worker(spec: dict[str, Any]) -> tuple[Callable[[Any, int], dict[str, An
             "precision": precision, "model": gen.spec.model}
     if kind == "genai":
         run, _ = runners.genai_runner(spec["model_dir"], threads)
-        from runtime.bench import onnx_weight_bytes
+        from bench import onnx_weight_bytes
 
         return run, {"weight_bytes": onnx_weight_bytes(Path(spec["model_dir"]) / "model.onnx"),
                      "version": __import__("onnxruntime_genai").__version__}
@@ -274,7 +274,7 @@ def main() -> None:
             log(f"{name}: cannot start ({e})")
             w.close()
     if "llama.cpp Q4_1" in infos:
-        from runtime.bench import gguf_weight_bytes
+        from bench import gguf_weight_bytes
 
         infos["llama.cpp Q4_1"]["weight_bytes"] = gguf_weight_bytes(next(s["gguf"] for n, s in runner_specs(args)
                                                                           if n == "llama.cpp Q4_1"))

@@ -1,6 +1,7 @@
-"""runtime.bench: statistics, interleaving, the worker protocol and weight accounting (nothing here is timed)."""
+"""benchmarks/bench.py: statistics, interleaving, the worker protocol and weight accounting (nothing here is timed)."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime import bench
-
-ROOT = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+_spec = importlib.util.spec_from_file_location("bench", BENCH / "bench.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 def test_summary_median_spread_and_ratio():
@@ -56,10 +58,10 @@ def test_run_interleaved_keeps_measured_rounds_only():
 
 
 def test_worker_round_trip_and_errors():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import json; from runtime.bench import serve; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import json; from bench import serve; "
             "spec = json.loads(sys.argv[2]); print('noise on stdout'); "
             "serve({'add': lambda a, b: {'sum': a + b + spec['k']}, 'fail': lambda: 1 / 0})")
-    w = bench.Worker([sys.executable, "-c", code, str(ROOT)], {"k": 10})
+    w = bench.Worker([sys.executable, "-c", code, str(BENCH)], {"k": 10})
     try:
         answer = w.call("add", a=1, b=2)
         assert answer["sum"] == 13 and answer["peak_rss_mb"] > 0
