@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                                                     "the torch-free runtime on ONNX Runtime")
     r.add_argument("--out", required=True, type=Path, help="run directory (reused to resume)")
     r.add_argument("--dataset", help="an MM-TOXIC-QA dataset directory (default: the default build, in the cache), "
-                                     "or your own set: rtp:FILE.jsonl (RealToxicityPrompts), figstep:CSV[:IMAGES] "
+                                     "or your own set: rtp:FILE.jsonl (RealToxicityPrompts as chat requests; rtp-continuation:FILE.jsonl "
+                                     "as raw text), figstep:CSV[:IMAGES] "
                                      "(FigStep SafeBench), mmsafetybench:DIR (MM-SafetyBench root)")
     r.add_argument("--split", default=Evaluation.split, choices=SPLITS)
     r.add_argument("--limit", type=int, help="at most N items per condition")

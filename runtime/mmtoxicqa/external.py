@@ -56,9 +56,10 @@ def _rtp_category(prompt: dict[str, Any]) -> str:
 
 
 def load_rtp_jsonl(path: str | os.PathLike, instruction: str = RTP_INSTRUCTION,
-                   limit: int | None = None) -> list[Item]:
+                   limit: int | None = None, raw: bool = False) -> list[Item]:
     """RealToxicityPrompts lines as text-only `standard` items; category = the highest-scored Perspective
-    attribute of the prompt; `instruction` (with a {prompt} slot) turns the prompt into a chat request."""
+    attribute of the prompt; `instruction` (with a {prompt} slot) turns the prompt into a chat request. With
+    `raw`, `continuation` items instead: the prompt as raw text (no template, no instruction)."""
     path = Path(path)
     if "{prompt}" not in instruction:
         raise UserError(f"instruction {instruction!r} has no {{prompt}} slot; add one where the RTP prompt goes")
@@ -80,8 +81,9 @@ def load_rtp_jsonl(path: str | os.PathLike, instruction: str = RTP_INSTRUCTION,
             raise UserError(f"{where} has an empty prompt.text; fix or delete that line")
         scores = {k: v for k, v in prompt.items() if k != "text" and isinstance(v, (int, float))}
         source = f"rtp:{rec.get('filename', path.name)}:{rec.get('begin', lineno)}"
-        items.append(Item(id=f"rtp-{len(items):05d}", split="evaluation", condition="standard",
-                          category=_rtp_category(prompt), prompt=instruction.format(prompt=prompt["text"]),
+        items.append(Item(id=f"rtp-{len(items):05d}", split="evaluation", condition="continuation" if raw else "standard",
+                          category=_rtp_category(prompt),
+                          prompt=prompt["text"] if raw else instruction.format(prompt=prompt["text"]),
                           image=None, source=source, source_text=prompt["text"],
                           meta={"perspective": scores, "challenging": rec.get("challenging")}))
         if limit is not None and len(items) >= limit:

@@ -1,7 +1,10 @@
 """What `run --dataset` names: an MM-TOXIC-QA dataset directory (the built one in the cache when omitted), or a
 user's own red-team set in its published format, named by a scheme:
 
-- `rtp:FILE.jsonl`: RealToxicityPrompts JSONL (text-only `standard` items);
+- `rtp:FILE.jsonl`: RealToxicityPrompts JSONL (text-only `standard` items: "Continue this text: ..." as a chat
+  request);
+- `rtp-continuation:FILE.jsonl`: the same file as `continuation` items (the prompt as raw text, no chat template:
+  RealToxicityPrompts' own protocol, the one a base language model is measured with);
 - `figstep:CSV[:IMAGES]`: FigStep's SafeBench CSV, with its typographic image folder when given;
 - `mmsafetybench:DIR`: an MM-SafetyBench data root (processed_questions/ and imgs/).
 
@@ -22,7 +25,7 @@ from runtime.mmtoxicqa.dataset import dataset_info, load_dataset
 from runtime.mmtoxicqa.external import load_figstep, load_mmsafetybench, load_rtp_jsonl
 from runtime.mmtoxicqa.items import Item
 
-SCHEMES = {"rtp": "rtp:FILE.jsonl", "figstep": "figstep:CSV[:IMAGES]", "mmsafetybench": "mmsafetybench:DIR"}
+SCHEMES = {"rtp": "rtp:FILE.jsonl", "rtp-continuation": "rtp-continuation:FILE.jsonl", "figstep": "figstep:CSV[:IMAGES]", "mmsafetybench": "mmsafetybench:DIR"}
 USAGE = f"{', '.join(SCHEMES.values())}, or an MM-TOXIC-QA dataset directory"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9_-]+):(.*)", re.DOTALL)  # 2+ letters: a Windows drive is no scheme
 
@@ -79,8 +82,8 @@ def parse_dataset(value: str | None) -> DatasetSpec:
 
 
 def _external(scheme: str, path: Path, images: Path | None) -> list[Item]:
-    if scheme == "rtp":
-        return load_rtp_jsonl(path)
+    if scheme in ("rtp", "rtp-continuation"):
+        return load_rtp_jsonl(path, raw=scheme == "rtp-continuation")
     if scheme == "figstep":
         return load_figstep(path, images)
     return load_mmsafetybench(path)

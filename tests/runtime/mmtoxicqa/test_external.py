@@ -27,6 +27,8 @@ def test_rtp_jsonl(tmp_path):
     assert it.source_text == "People think that we are just" and it.meta["perspective"]["toxicity"] == 0.9
     assert it.load_image() is None
     assert load_rtp_jsonl(path, instruction="{prompt}", limit=1)[0].prompt == "People think that we are just"
+    raw = load_rtp_jsonl(path, raw=True)[0]
+    assert (raw.condition, raw.prompt, raw.chat) == ("continuation", "People think that we are just", False)
 
 
 def test_rtp_errors(tmp_path):

@@ -30,6 +30,7 @@ def test_parse_dataset(tmp_path):
     assert parse_dataset(None) == DatasetSpec(None, None)
     assert parse_dataset(str(tmp_path)) == DatasetSpec(None, tmp_path)
     assert parse_dataset("rtp:x.jsonl") == DatasetSpec("rtp", Path("x.jsonl"))
+    assert parse_dataset("rtp-continuation:x.jsonl") == DatasetSpec("rtp-continuation", Path("x.jsonl"))
     assert parse_dataset("MMSafetyBench:/d") == DatasetSpec("mmsafetybench", Path("/d"))
     assert parse_dataset("figstep:a.csv") == DatasetSpec("figstep", Path("a.csv"))
     assert parse_dataset("figstep:a.csv:imgs") == DatasetSpec("figstep", Path("a.csv"), Path("imgs"))
@@ -42,7 +43,7 @@ def test_parse_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("value,message", [
-    ("foo:x", "unknown scheme 'foo'; use rtp:FILE.jsonl, figstep:CSV[:IMAGES], mmsafetybench:DIR"),
+    ("foo:x", "unknown scheme 'foo'; use rtp:FILE.jsonl, rtp-continuation:FILE.jsonl, figstep:CSV[:IMAGES], mmsafetybench:DIR"),
     ("rtp:", "--dataset rtp: names no path; use rtp:FILE.jsonl"),
     ("figstep:a.csv:", "empty image folder"),
 ])
