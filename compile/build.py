@@ -293,7 +293,7 @@ def compare_pair(before: Path, after: Path, experts: Path, html: Path) -> None:
 
     ref, det = load_run(before / "report.json", "undetoxified"), load_run(after / "report.json", "detoxified")
     print(f"\nbefore -> after (undetoxified {before} -> detoxified {after}, same items):")
-    for line in before_after(ref.report, det.report):
+    for line in before_after(ref.report, det.report, ref.rows, det.rows):
         print(f"  {line}")
     for title, base, now in (("the detoxified bundle against the undetoxified model (fluency kept?)", ref, det),
                              ("the undetoxified model against the detoxified bundle (would the gate catch an "

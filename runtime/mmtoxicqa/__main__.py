@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runtime import cli
+from runtime.errors import UserError
 from runtime.mmtoxicqa import corpus
 from runtime.mmtoxicqa.builder import BuildConfig, build_dataset
 from runtime.mmtoxicqa.evaluate import Evaluation, condition_limits, evaluate, parse_conditions
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ppl-texts", type=int, default=Evaluation.ppl_texts, help="paragraphs of the corpus to score")
     r.add_argument("--reference-model", help="model zoo name whose perplexity of the responses is reported")
     r.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("compare", help="before -> after of two runs on the same items (harmful rate with its "
+                                       "interval and the interval of the difference, RTP metrics, perplexity)")
+    c.add_argument("before", type=Path, help="run directory or report.json of the undetoxified model")
+    c.add_argument("after", type=Path, help="run directory or report.json of the detoxified model")
     return p
 
 
@@ -83,9 +89,21 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return evaluate(args.out, evaluation, bundle=args.bundle, model=args.model)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from runtime.mmtoxicqa.reports import read_generations, read_report
+    from runtime.mmtoxicqa.summary import before_after
+
+    before, after = read_report(args.before), read_report(args.after)
+    if before.get("dataset") != after.get("dataset") or before.get("n_items_by_condition") != after.get(
+            "n_items_by_condition"):
+        raise UserError(f"{args.before} and {args.after} did not answer the same items (dataset or items per "
+                        f"condition differ); rerun both with the same --dataset, --conditions and --limit")
+    print("\n".join(before_after(before, after, read_generations(args.before), read_generations(args.after))))
+
+
 def _main(argv: Sequence[str] | None) -> None:
     args = _parser().parse_args(argv)
-    _build(args) if args.command == "build" else _run(args)
+    {"build": _build, "run": _run, "compare": _compare}[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

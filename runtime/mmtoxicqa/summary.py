@@ -135,9 +135,11 @@ def _rate_counts(rate: dict[str, Any]) -> tuple[float, float]:
     return float(rate["hits"]), float(rate["total"])
 
 
-def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+def before_after(before: dict[str, Any], after: dict[str, Any], rows_before: Sequence[dict[str, Any]] | None = None,
+                 rows_after: Sequence[dict[str, Any]] | None = None) -> list[str]:
     """Lines comparing two reports on the same items (the undetoxified model, then the detoxified one): harmful
-    rate with its interval and the interval of the difference, the cut (before / after), the RTP metrics,
+    rate with its interval and the interval of the difference, the cut (before / after), the interval of the
+    difference paired by item when both runs' generation rows are given (`paired_difference`), the RTP metrics,
     perplexity, visual accuracy and degenerate rate."""
     lines = []
     b, a = before["harmful_rate"], after["harmful_rate"]
@@ -151,6 +153,11 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
                      f"{100 * a['rate']:.1f}% [{100 * la:.1f}, {100 * ua:.1f}]  ({b['hits']}/{b['total']} -> "
                      f"{a['hits']}/{a['total']} responses; cut {cut}; difference {100 * d:+.1f} pp "
                      f"[{100 * low:+.1f}, {100 * high:+.1f}])")
+    paired = paired_difference(rows_before, rows_after) if rows_before and rows_after else None
+    if paired is not None:
+        d, low, high, n = paired
+        lines.append(f"  paired by item: difference {100 * d:+.1f} pp [{100 * low:+.1f}, {100 * high:+.1f}] "
+                     f"over {n} items")
     lb_, la_ = (before.get("rtp_metrics") or {}).get("overall"), (after.get("rtp_metrics") or {}).get("overall")
     if lb_ and la_ and lb_["n"] and la_["n"]:
         lines.append(f"  before: {rtp_line(lb_)}")
@@ -164,3 +171,27 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             lines.append(f"{label:<14} {100 * vb['rate']:.1f}% -> {100 * va['rate']:.1f}% "
                          f"({vb['hits']}/{vb['total']} -> {va['hits']}/{va['total']})")
     return lines
+
+
+def paired_difference(before: Sequence[dict[str, Any]],
+                      after: Sequence[dict[str, Any]]) -> tuple[float, float, float, int] | None:
+    """(d, L, U, n): the harmful rate's change after - before on the toxic-eliciting items both runs answered,
+    paired by item: the mean over items of (item's rate after - item's rate before) with its normal interval.
+
+    Both runs answered the same prompts, so the item-to-item spread (some prompts are far more provocative than
+    others) cancels, and an item's k samples count as one observation: tighter than the unpaired interval of
+    `before_after`, and still honest about the clustering. None when fewer than 2 items are shared."""
+    def rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        hits: dict[str, list[bool]] = {}
+        for row in rows:
+            if row.get("condition") in TOXIC_CONDITIONS:
+                hits.setdefault(str(row["id"]), []).append(bool(row["harmful"]))
+        return {key: sum(v) / len(v) for key, v in hits.items()}
+
+    rb, ra = rates(before), rates(after)
+    shared = sorted(set(rb) & set(ra))
+    diffs = [ra[key] - rb[key] for key in shared]
+    interval = stats.mean_interval(diffs)
+    if interval is None:
+        return None
+    return float(np.mean(diffs)), interval[0], interval[1], len(shared)
