@@ -201,9 +201,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from calib.models import load_generator
     from runtime.judges import load_judge
     from runtime.mmtoxicqa import corpus
-    from runtime.mmtoxicqa.evaluate import condition_limits, dataset_record, limit_items, parse_conditions
     from runtime.mmtoxicqa.builder import cached_dataset
     from runtime.mmtoxicqa.dataset import load_dataset
+    from runtime.mmtoxicqa.evaluate import condition_limits, dataset_record, limit_items, parse_conditions
     from runtime.mmtoxicqa.runner import RunSettings, run_benchmark
 
     if args.threads:
