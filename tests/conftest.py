@@ -44,3 +44,21 @@ def tiny_bundle(tmp_path_factory) -> Path:
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, f"compile.export failed:\n{p.stderr[-4000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def random_experts():
+    """A factory of experts with seeded random AUROCs for a model (hand-made factors: no calibration run), for
+    tests of what consumes experts (fold, hooks, export): `random_experts(model, spec=None, seed=1)`."""
+    import numpy as np
+
+    from calib.experts import build_experts, model_info, model_units
+    from calib.factors import factor_spec
+
+    def make(model, spec=None, seed: int = 1):
+        rng = np.random.default_rng(seed)
+        units = model_units(model)
+        return build_experts(units, {k: rng.random(w) for k, w in units}, spec or factor_spec("sgm"),
+                             model_info(model), {"sha256": "0" * 64, "note": "hand-made factors for tests"})
+
+    return make

@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-from calib.experts import build_experts, model_info, model_units
 from calib.factors import factor_spec
 from calib.intervention import Suppressed, row_scales, suppress
 from calib.models import load_model
@@ -33,19 +32,13 @@ def logits(model, inputs) -> torch.Tensor:
     return model.decode(*inputs)[0]
 
 
-def experts_for(model, spec):
-    rng = np.random.default_rng(1)
-    auroc = {k: rng.random(w) for k, w in model_units(model)}
-    return build_experts(model_units(model), auroc, spec, model_info(model), {"sha256": "0" * 64})
-
-
 def hook_count(model) -> int:
     return sum(len(model.mlp_linear(u)._forward_hooks) for u in model.mlp_units())
 
 
-def test_hooks_change_logits_and_are_removed(model, inputs) -> None:
+def test_hooks_change_logits_and_are_removed(model, inputs, random_experts) -> None:
     base = logits(model, inputs)
-    ex = experts_for(model, factor_spec("aura"))
+    ex = random_experts(model, factor_spec("aura"))
     with suppress(model, ex) as hooked:
         assert hooked == list(row_scales(ex)) and hook_count(model) == len(hooked) > 0
         hooked_logits = logits(model, inputs)
@@ -54,16 +47,16 @@ def test_hooks_change_logits_and_are_removed(model, inputs) -> None:
     assert torch.equal(logits(model, inputs), base)
 
 
-def test_hooks_removed_on_error(model, inputs) -> None:
+def test_hooks_removed_on_error(model, inputs, random_experts) -> None:
     with pytest.raises(ValueError):
-        with suppress(model, experts_for(model, factor_spec("aura"))):
+        with suppress(model, random_experts(model, factor_spec("aura"))):
             raise ValueError("inside")
     assert hook_count(model) == 0
 
 
-def test_all_ones_is_bit_identical(model, inputs) -> None:
+def test_all_ones_is_bit_identical(model, inputs, random_experts) -> None:
     base = logits(model, inputs)
-    ex = experts_for(model, factor_spec("sgm", strength=0.0))
+    ex = random_experts(model, factor_spec("sgm", strength=0.0))
     assert row_scales(ex) == {}
     with suppress(model, ex) as hooked:
         assert hooked == []
@@ -75,9 +68,9 @@ def test_all_ones_is_bit_identical(model, inputs) -> None:
         assert torch.equal(logits(model, inputs), base)
 
 
-def test_hook_equals_row_fold(model, inputs) -> None:
+def test_hook_equals_row_fold(model, inputs, random_experts) -> None:
     """The scales the fold will use: multiplying weight rows (and bias) gives the hooked logits."""
-    scales = row_scales(experts_for(model, factor_spec("det0", top_k=30)))
+    scales = row_scales(random_experts(model, factor_spec("det0", top_k=30)))
     with suppress(model, scales):
         hooked = logits(model, inputs)
     by_key = {u.key: u for u in model.mlp_units()}
@@ -104,8 +97,8 @@ def test_mismatched_scales_are_refused(model) -> None:
     assert hook_count(model) == 0
 
 
-def test_suppressed_generator(model, inputs) -> None:
-    ex = experts_for(model, factor_spec("aura"))
+def test_suppressed_generator(model, inputs, random_experts) -> None:
+    ex = random_experts(model, factor_spec("aura"))
     gen = Suppressed(model, ex)
     assert isinstance(gen, Generator)
     texts = ["The cat sat on the mat.", "A red circle and two blue squares."]
@@ -118,5 +111,5 @@ def test_suppressed_generator(model, inputs) -> None:
     info = gen.describe()["intervention"]
     assert info["method"]["method"] == "aura" and info["units_suppressed"] == sum(
         int((a < 1).sum()) for a in ex.alpha.values())
-    other = Suppressed(model, experts_for(model, factor_spec("det0", top_k=3))).describe()["intervention"]
+    other = Suppressed(model, random_experts(model, factor_spec("det0", top_k=3))).describe()["intervention"]
     assert other["scales_sha256"] != info["scales_sha256"]

@@ -140,15 +140,11 @@ def test_greedy_generation_through_the_bundle_equals_pytorch(bundle, tiny_llava)
     assert sum(len(r.token_ids) for r in ref) >= 3 * 32  # the comparison covers long generations
 
 
-def test_bundle_of_a_folded_checkpoint_records_the_experts(tiny_llava, tmp_path) -> None:
-    from calib.experts import build_experts, model_info, model_units, save_experts
-    from calib.factors import factor_spec
+def test_bundle_of_a_folded_checkpoint_records_the_experts(tiny_llava, random_experts, tmp_path) -> None:
+    from calib.experts import save_experts
     from compile.fold import fold_to_dir
 
-    rng = np.random.default_rng(1)
-    units = model_units(tiny_llava)
-    ex = build_experts(units, {k: rng.random(w) for k, w in units}, factor_spec("sgm"), model_info(tiny_llava),
-                       {"sha256": "1" * 64})
+    ex = random_experts(tiny_llava)
     save_experts(ex, tmp_path / "experts")
     fold_manifest = fold_to_dir("tiny-random-llava", tmp_path / "experts", tmp_path / "detox")
     manifest = export_bundle(str(tmp_path / "detox"), tmp_path / "bundle")

@@ -184,16 +184,11 @@ def test_int4_rtn_quantizes_the_gemma_bundle(bundle, tmp_path) -> None:
     assert len(r.token_ids) > 0
 
 
-def test_a_folded_gemma_checkpoint_exports(gemma, tmp_path) -> None:
-    from calib.experts import build_experts, model_info, model_units, save_experts
-    from calib.factors import factor_spec
+def test_a_folded_gemma_checkpoint_exports(gemma, random_experts, tmp_path) -> None:
+    from calib.experts import save_experts
     from compile.fold import fold_to_dir
 
-    rng = np.random.default_rng(1)
-    units = model_units(gemma)
-    experts = build_experts(units, {k: rng.random(w) for k, w in units}, factor_spec("sgm"), model_info(gemma),
-                            {"sha256": "1" * 64})
-    save_experts(experts, tmp_path / "experts")
+    save_experts(random_experts(gemma), tmp_path / "experts")
     folded = fold_to_dir(str(tiny_gemma_llava_dir()), tmp_path / "experts", tmp_path / "detox")
     assert json.loads((tmp_path / "detox" / "config.json").read_text())["model_type"] == "gemma-llava"
     manifest = export_bundle(str(tmp_path / "detox"), tmp_path / "bundle")

@@ -37,17 +37,13 @@ VARIANTS = {"int4": QuantSpec("int4", embeddings=False), "int4-sym": QuantSpec("
 
 
 @pytest.fixture(scope="module")
-def paths(tiny_llava, tmp_path_factory) -> dict[str, Path]:
+def paths(tiny_llava, random_experts, tmp_path_factory) -> dict[str, Path]:
     """The undetoxified bundle, experts, the folded checkpoint's bundle, and every quantized pair."""
     from compile.export.bundle import export_bundle
     from compile.fold import fold_to_dir
 
     root = tmp_path_factory.mktemp("qfold")
-    rng = np.random.default_rng(0)
-    units = model_units(tiny_llava)
-    auroc = {k: rng.random(w) for k, w in units}
-    ex = build_experts(units, auroc, factor_spec("sgm", strength=1.0), model_info(tiny_llava), CALIB)
-    experts = save_experts(ex, root / "experts")
+    experts = save_experts(random_experts(tiny_llava, seed=0), root / "experts")
     export_bundle("tiny-random-llava", root / "plain")
     fold_to_dir("tiny-random-llava", experts, root / "folded-ckpt")
     export_bundle(str(root / "folded-ckpt"), root / "folded")
