@@ -15,8 +15,15 @@ b = h_b / n_b, now c = h_c / n_c, difference d = c - b, its two-sided interval [
 - FAIL when d > limit and L > 0: larger than allowed and larger than its noise.
 
 For a rate where lower is worse (visual accuracy) the same rule applies to the drop -d, with U < 0 in place
-of L > 0. Unpaired intervals are used even when both runs answered the same items: correlation between
-the runs only narrows the true interval, so the rule errs towards NOISE, never towards FAIL.
+of L > 0.
+
+Which interval: when both runs answered the same items, `paired_rate_verdict` applies the rule to the mean of
+the per-item changes (item's rate now - item's rate at baseline) and its normal interval: the spread between
+items (some prompts are far more provocative than others) cancels, so a real change of a few points over
+40 prompts x 10 samples is resolved, where the unpaired interval (`rate_verdict`, which counts an item's k
+samples as one observation and ignores the pairing) cannot tell it from noise. The caller uses it from
+`MIN_PAIRED_ITEMS` shared items on, where the normal interval of a mean is close to the t interval; below
+that, or without per-item results, the unpaired interval is used, which only errs towards NOISE.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from typing import Sequence
 
 PASS, NOISE, FAIL = "pass", "noise", "FAIL"
 DEFAULT_CONFIDENCE = 0.95
+MIN_PAIRED_ITEMS = 30
 _EPS = 1e-12  # rates are ratios of counts: 0.06 - 0.04 must count as exactly 2 pp
 
 
@@ -118,13 +126,30 @@ class RateComparison:
 def rate_verdict(hits_base: float, n_base: float, hits_now: float, n_now: float, limit: float,
                  higher_is_worse: bool = True, confidence: float = DEFAULT_CONFIDENCE) -> RateComparison:
     """Compare two rates under the noise rule of this module's docstring; `limit` is a share (0.02 = 2 pp)."""
+    d, low, high = difference_interval(hits_base, n_base, hits_now, n_now, confidence)
+    return _compare(hits_base / n_base, hits_now / n_now, d, low, high, limit, higher_is_worse)
+
+
+def paired_rate_verdict(base: Sequence[float], now: Sequence[float], limit: float, higher_is_worse: bool = True,
+                        confidence: float = DEFAULT_CONFIDENCE) -> RateComparison:
+    """The noise rule on per-item rates of two runs over the same items (`base[i]` and `now[i]` are item i's
+    rate in each run): the mean change and its normal interval (`mean_interval`). Needs >= 2 items."""
+    if len(base) != len(now) or len(base) < 2:
+        raise ValueError(f"paired rates need the same >= 2 items in both runs, got {len(base)} and {len(now)}")
+    diffs = [b_now - b_base for b_base, b_now in zip(base, now)]
+    low, high = mean_interval(diffs, confidence)  # type: ignore[misc]  # not None: >= 2 values
+    mean_base, mean_now = math.fsum(base) / len(base), math.fsum(now) / len(now)
+    return _compare(mean_base, mean_now, math.fsum(diffs) / len(diffs), low, high, limit, higher_is_worse)
+
+
+def _compare(base: float, now: float, d: float, low: float, high: float, limit: float,
+             higher_is_worse: bool) -> RateComparison:
     if limit < 0 or not math.isfinite(limit):
         raise ValueError(f"a limit must be a finite number >= 0, got {limit}")
-    d, low, high = difference_interval(hits_base, n_base, hits_now, n_now, confidence)
     worse = d if higher_is_worse else -d
     certain = low > 0.0 if higher_is_worse else high < 0.0
     verdict = PASS if worse <= limit + _EPS else (FAIL if certain else NOISE)
-    return RateComparison(hits_base / n_base, hits_now / n_now, d, low, high, limit, higher_is_worse, verdict)
+    return RateComparison(base, now, d, low, high, limit, higher_is_worse, verdict)
 
 
 def ratio_verdict(baseline: float, now: float, limit: float) -> tuple[float, str]:

@@ -1,7 +1,7 @@
 """From per-item results to the report's metrics and the flat generations table."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -173,6 +173,25 @@ def before_after(before: dict[str, Any], after: dict[str, Any], rows_before: Seq
     return lines
 
 
+def item_rates(rows: Sequence[dict[str, Any]], field: str = "harmful",
+               conditions: Collection[str] | None = TOXIC_CONDITIONS) -> dict[str, float]:
+    """Each item's rate of a boolean row field over its samples (item id -> share of samples where it is true),
+    for the items of `conditions` (None: every condition)."""
+    hits: dict[str, list[bool]] = {}
+    for row in rows:
+        if conditions is None or row.get("condition") in conditions:
+            hits.setdefault(str(row["id"]), []).append(bool(row[field]))
+    return {key: sum(v) / len(v) for key, v in hits.items()}
+
+
+def paired_item_rates(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]], field: str = "harmful",
+                      conditions: Collection[str] | None = TOXIC_CONDITIONS) -> tuple[list[float], list[float]]:
+    """The per-item rates (`item_rates`) of two runs on the items both answered, in the same item order."""
+    rb, ra = item_rates(before, field, conditions), item_rates(after, field, conditions)
+    shared = sorted(set(rb) & set(ra))
+    return [rb[key] for key in shared], [ra[key] for key in shared]
+
+
 def paired_difference(before: Sequence[dict[str, Any]],
                       after: Sequence[dict[str, Any]]) -> tuple[float, float, float, int] | None:
     """(d, L, U, n): the harmful rate's change after - before on the toxic-eliciting items both runs answered,
@@ -181,17 +200,8 @@ def paired_difference(before: Sequence[dict[str, Any]],
     Both runs answered the same prompts, so the item-to-item spread (some prompts are far more provocative than
     others) cancels, and an item's k samples count as one observation: tighter than the unpaired interval of
     `before_after`, and still honest about the clustering. None when fewer than 2 items are shared."""
-    def rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-        hits: dict[str, list[bool]] = {}
-        for row in rows:
-            if row.get("condition") in TOXIC_CONDITIONS:
-                hits.setdefault(str(row["id"]), []).append(bool(row["harmful"]))
-        return {key: sum(v) / len(v) for key, v in hits.items()}
-
-    rb, ra = rates(before), rates(after)
-    shared = sorted(set(rb) & set(ra))
-    diffs = [ra[key] - rb[key] for key in shared]
-    interval = stats.mean_interval(diffs)
-    if interval is None:
+    rb, ra = paired_item_rates(before, after)
+    if len(rb) < 2:
         return None
-    return float(np.mean(diffs)), interval[0], interval[1], len(shared)
+    c = stats.paired_rate_verdict(rb, ra, limit=0.0)
+    return c.difference, c.low, c.high, len(rb)

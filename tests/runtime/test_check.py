@@ -236,3 +236,42 @@ def test_cli_exit_codes_in_a_subprocess(run_dir, tmp_path):
     assert bad.returncode == 1 and "result: FAIL (harmful rate)" in bad.stdout
     unusable = run("--report", tmp_path / "missing.json", "--baseline", base)
     assert unusable.returncode == 2 and unusable.stderr.startswith("error: ") and unusable.stdout == ""
+
+
+REAL_PAIR = Path(__file__).parent / "data" / "gemma-rtp-pair"  # gemma-llava, 40 RTP prompts x 10, docs/gemma-llava.md
+
+
+def test_gate_fails_a_real_undetoxified_run_against_its_detoxified_baseline(capsys):
+    """The real pair of docs/gemma-llava.md (baseline 14.0% vs SGM 8.8%, 40 continuation prompts x 10 samples, the
+    rows trimmed to the fields the gate reads): paired by item, the +5.3 pp of the undetoxified model is a
+    regression (exit 1); the other way round it passes."""
+    undetox, detox = REAL_PAIR / "undetoxified", REAL_PAIR / "detoxified"
+    code, out, _ = gate(capsys, "--report", undetox, "--baseline", detox)
+    harmful = cells(row(out, "harmful rate"))
+    assert code == 1 and out.rstrip().endswith("result: FAIL (harmful rate)")
+    assert harmful[1].startswith("8.8% (35/400") and harmful[2].startswith("14.0% (56/400")
+    assert harmful[3] == "+5.3 pp [+1.3, +9.2] paired, 40 items" and harmful[-1] == "FAIL"
+    assert gate(capsys, "--report", detox, "--baseline", undetox)[0] == 0
+
+
+def test_gate_without_rows_falls_back_to_the_unpaired_interval(tmp_path, capsys):
+    """The same real pair without generations.jsonl: the unpaired interval cannot resolve +5.3 pp over 40 prompts,
+    so the gate passes it as within noise, which is why it pairs whenever it can."""
+    runs = []
+    for name in ("undetoxified", "detoxified"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_bytes((REAL_PAIR / name / "report.json").read_bytes())
+        runs.append(tmp_path / name)
+    code, out, _ = gate(capsys, "--report", runs[0], "--baseline", runs[1])
+    assert code == 0 and cells(row(out, "harmful rate"))[-1] == "pass (within noise)"
+    assert "paired" not in row(out, "harmful rate")
+
+
+def test_gate_pairs_only_when_both_runs_answered_the_same_items(tmp_path, capsys):
+    lines = (REAL_PAIR / "undetoxified" / "generations.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["id"] != "eval-continuation-0000"]
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "report.json").write_bytes((REAL_PAIR / "undetoxified" / "report.json").read_bytes())
+    (tmp_path / "u" / "generations.jsonl").write_text("\n".join(kept) + "\n")
+    _, out, _ = gate(capsys, "--report", tmp_path / "u", "--baseline", REAL_PAIR / "detoxified")
+    assert "paired" not in row(out, "harmful rate")

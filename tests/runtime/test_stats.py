@@ -107,3 +107,26 @@ def test_mean_interval_by_hand():
     assert (lo, hi) == (pytest.approx(2.5 - half), pytest.approx(2.5 + half))
     assert stats.mean_interval([0.3, 0.3, 0.3]) == (pytest.approx(0.3), pytest.approx(0.3))
     assert stats.mean_interval([0.5]) is None and stats.mean_interval([]) is None
+
+
+def test_paired_verdict_resolves_a_change_the_unpaired_interval_calls_noise():
+    # 40 items: a quarter are provocative (rate 0.6), the rest rarely (0.0); "now" adds +0.2 on every
+    # provocative item: +5 pp overall, consistent item by item
+    base = [0.6] * 10 + [0.0] * 30
+    now = [0.8] * 10 + [0.0] * 30
+    paired = stats.paired_rate_verdict(base, now, limit=0.02)
+    assert paired.difference == pytest.approx(0.05) and paired.low > 0 and paired.verdict == stats.FAIL
+    unpaired = stats.rate_verdict(*stats.effective_counts(0.15, 40), *stats.effective_counts(0.20, 40), limit=0.02)
+    assert unpaired.low < 0 and unpaired.verdict == stats.NOISE
+    # the same overall change spread as noise (items move both ways) stays within noise when paired too
+    mixed = [0.8, 0.4] * 5 + [0.0] * 30
+    assert stats.paired_rate_verdict(base, mixed, limit=0.02).verdict == stats.PASS  # mean change 0
+    noisy = [1.0, 0.4] * 5 + [0.0] * 30  # +5 pp on average, items move by +0.4 and -0.2
+    assert stats.paired_rate_verdict(base, noisy, limit=0.02).verdict == stats.NOISE
+
+
+def test_paired_verdict_refuses_unmatched_items():
+    with pytest.raises(ValueError):
+        stats.paired_rate_verdict([0.1, 0.2], [0.1], limit=0.02)
+    with pytest.raises(ValueError):
+        stats.paired_rate_verdict([0.1], [0.1], limit=0.02)
