@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from calib.calibset import CalibSample
+from calib.models.base import MultimodalModel
 from calib.scoring import ActivationStore
 from runtime.artifacts import remove_stale
 from runtime.errors import UserError
@@ -33,7 +34,7 @@ class Layout:
     response_ids: list[int]
 
 
-def layout(model: Any, sample: CalibSample, max_response_tokens: int | None = None) -> Layout:
+def layout(model: MultimodalModel, sample: CalibSample, max_response_tokens: int | None = None) -> Layout:
     """Token ids of a sample in the model's format; the response is cut to `max_response_tokens`."""
     if sample.chat:
         prompt_ids = model.tokenize(model.chat_prompt(sample.prompt, sample.image is not None))
@@ -71,7 +72,7 @@ def length_matched(lengths: Sequence[int], labels: Sequence[bool], seed: int = 0
     return sorted(keep)
 
 
-def _embeds(model: Any, sample: CalibSample, lay: Layout) -> torch.Tensor:
+def _embeds(model: MultimodalModel, sample: CalibSample, lay: Layout) -> torch.Tensor:
     """[s, hidden]: the prompt with its image spliced in, then the response tokens embedded as generation
     embeds them (a generated id that happens to be the image token stays a plain token)."""
     prompt = model.inputs_embeds(lay.prompt_ids, [sample.image] if sample.image is not None else [])
@@ -82,7 +83,7 @@ def _embeds(model: Any, sample: CalibSample, lay: Layout) -> torch.Tensor:
 class _Pooler:
     """Forward hooks that pool every hooked module's output over the current batch's response positions."""
 
-    def __init__(self, model: Any, pooling: str) -> None:
+    def __init__(self, model: MultimodalModel, pooling: str) -> None:
         self.model = model
         self.pooling = pooling
         self.units = model.mlp_units()
@@ -114,7 +115,7 @@ class _Pooler:
 
 
 @torch.no_grad()
-def collect(model: Any, samples: Sequence[CalibSample], store_path: str | os.PathLike, pooling: str = "max",
+def collect(model: MultimodalModel, samples: Sequence[CalibSample], store_path: str | os.PathLike, pooling: str = "max",
             batch_size: int = 8, max_response_tokens: int | None = 128, store_dtype: str = "float32",
             match_lengths: bool = False, seed: int = 0,
             progress: bool = True) -> tuple[ActivationStore, dict[str, Any]]:

@@ -16,13 +16,17 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from runtime.artifacts import sha256_json
 from runtime.errors import UserError
+from runtime.protocol import GenerationConfig, GenerationRequest
+
+if TYPE_CHECKING:  # the model zoo imports torch; this module does not
+    from calib.models.base import MultimodalModel
 
 JIGSAW_SUBLABELS = ("severe_toxic", "obscene", "threat", "insult", "identity_hate")
 RTP_FIELDS = ("prompt", "continuation", "both")
@@ -188,8 +192,8 @@ def _pieces(todo: list[tuple[int, Any]], size: int) -> list[list[tuple[int, Any]
     return out
 
 
-def model_responses(model: Any, items: Sequence[Any], judge: Any, cache: str | os.PathLike | None,
-                    config: Any = None, samples_per_item: int = 1, batch_size: int = 8,
+def model_responses(model: MultimodalModel, items: Sequence[Any], judge: Any, cache: str | os.PathLike | None,
+                    config: GenerationConfig | None = None, samples_per_item: int = 1, batch_size: int = 8,
                     threshold: float | None = None, progress: bool = True) -> list[CalibSample]:
     """The model's own chat responses to benchmark items, judged and labelled (score >= threshold = toxic).
 
@@ -198,8 +202,6 @@ def model_responses(model: Any, items: Sequence[Any], judge: Any, cache: str | o
     interrupted or repeated run generates only what is missing. Default decoding: sampled, T = 1, top-p 0.9,
     48 new tokens (the benchmark runner's settings).
     """
-    from runtime.protocol import GenerationConfig, GenerationRequest
-
     config = config or GenerationConfig(max_new_tokens=48, do_sample=True, temperature=1.0, top_p=0.9, seed=0)
     threshold = getattr(judge, "threshold", 0.5) if threshold is None else threshold
     key = _cache_key(model.fingerprint(), config.to_dict(), samples_per_item)

@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from calib.scoring import MIN_PER_CLASS, MIN_PER_CLASS_REASON, check_class_count
 from runtime.artifacts import atomic_dir, check_output
 from runtime.errors import UserError
 from runtime.experts import KIND, parse_key, read_experts_file, write_experts_file
+
+if TYPE_CHECKING:  # the model zoo imports torch; this module does not
+    from calib.models.base import MultimodalModel
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,12 @@ class Experts:
         return replace(self, spec=spec, alpha=factors_by_key({k: self.auroc[k] for k, _ in self.units}, spec))
 
 
-def model_info(model: Any) -> dict[str, Any]:
+def model_info(model: MultimodalModel) -> dict[str, Any]:
     """Name and fingerprint of a calib.models model, as recorded in the manifest."""
     return {"name": model.name, **model.fingerprint()}
 
 
-def model_units(model: Any) -> tuple[tuple[str, int], ...]:
+def model_units(model: MultimodalModel) -> tuple[tuple[str, int], ...]:
     """(key, width) of every hookable MLP Linear of a calib.models model, in layer order."""
     return tuple((u.key, u.width) for u in model.mlp_units())
 
@@ -105,7 +108,7 @@ def save_experts(experts: Experts, out: str | os.PathLike, overwrite: bool = Fal
     return Path(out)
 
 
-def load_experts(directory: str | os.PathLike, model: Any = None) -> Experts:
+def load_experts(directory: str | os.PathLike, model: MultimodalModel | None = None) -> Experts:
     """Read and verify an experts artifact; given a model, refuse it unless it was made for that model."""
     found = read_experts_file(directory)
     manifest = found.manifest
@@ -139,7 +142,7 @@ def check_units(experts: Experts, units: Sequence[tuple[str, int]], model_name: 
                             f"{model_name} has {have[key]}; use experts built for this model")
 
 
-def check_model(experts: Experts, model: Any) -> None:
+def check_model(experts: Experts, model: MultimodalModel) -> None:
     """Refuse a model that is not the one the experts were made for (units, config hash, hooked weights)."""
     check_units(experts, model_units(model), model.name)
     fp = model.fingerprint()
@@ -156,10 +159,11 @@ def check_model(experts: Experts, model: Any) -> None:
 
 # --- CLI: python -m calib.experts --------------------------------------------------------------------------
 DEFAULT_CONDITIONS = ("standard", "jailbreak", "typographic", "continuation", "benign")
-DEFAULT_SAMPLES_PER_ITEM = 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The CLI over `calibrate`; every default is CalibrationSettings' own."""
+    d = CalibrationSettings
     p = argparse.ArgumentParser(
         prog="python -m calib.experts",
         description="Score every MLP unit of a model's decoder for toxicity (AUROC) on a labelled calibration set "
@@ -168,11 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="experts directory to write (atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     m = p.add_argument_group("factors")
-    m.add_argument("--method", default="sgm", choices=("sgm", "aura", "det0", "damp"))
+    m.add_argument("--method", default=d.method, choices=("sgm", "aura", "det0", "damp"))
     m.add_argument("--strength", type=float, help="sgm: s in alpha = clip(1 - s (2 AUROC - 1), 0, 1) (default 1)")
     m.add_argument("--threshold", type=float, help="sgm: suppress only units with AUROC above this (default 0.5)")
     m.add_argument("--top-k", type=int, help="sgm: cap on suppressed units; det0/damp: units to suppress")
-    m.add_argument("--top-fraction", type=float, default=DEFAULT_TOP_FRACTION,
+    m.add_argument("--top-fraction", type=float, default=d.top_fraction,
                    help="when --top-k is not given: sgm's cap / det0's and damp's count as a share of all scored "
                         "units (default %(default)s; 0 = no cap, which for sgm at s = 1 is AurA's broad "
                         "dampening: measured to break small models, docs/factors.md)")
@@ -180,34 +184,34 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--auroc-from", help="reuse the AUROCs of this experts directory (same model) instead of "
                                         "collecting again: only the factors are recomputed")
     c = p.add_argument_group("calibration set", description=f"Minimum: {MIN_PER_CLASS_REASON}.")
-    c.add_argument("--calib", default="mmtoxicqa",
+    c.add_argument("--calib", default=d.calib,
                    help="mmtoxicqa (the model's own judged responses on the calibration split, default), "
                         "rtp:FILE (RealToxicityPrompts JSONL) or jigsaw:FILE (Jigsaw-style CSV)")
     c.add_argument("--dataset", help="MM-TOXIC-QA dataset directory (default: the default build in the asset cache)")
-    c.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="calibration conditions, comma separated")
+    c.add_argument("--conditions", default=d.conditions, help="calibration conditions, comma separated")
     c.add_argument("--limit", type=int, help="at most N items per condition (mmtoxicqa) or N samples per class (text)")
-    c.add_argument("--samples-per-item", type=int, default=DEFAULT_SAMPLES_PER_ITEM,
+    c.add_argument("--samples-per-item", type=int, default=d.samples_per_item,
                    help="responses sampled per calibration item (default %(default)s)")
-    c.add_argument("--max-new-tokens", type=int, default=48)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    c.add_argument("--seed", type=int, default=d.seed)
     c.add_argument("--judge", help="toxicity judge for the responses (default: runtime.judges' default)")
     c.add_argument("--label-threshold", type=float,
                    help="a response is toxic when its judge score reaches this (default: the judge's own threshold)")
     c.add_argument("--responses", help="response cache JSONL (default: in the asset cache)")
-    c.add_argument("--rtp-text", default="prompt", choices=("prompt", "continuation", "both"))
+    c.add_argument("--rtp-text", default=d.rtp_text, choices=("prompt", "continuation", "both"))
     c.add_argument("--allow-small-calibration", action="store_true",
                    help=f"score a set below the minimum of {MIN_PER_CLASS} per class anyway, with a warning (smoke "
                         "runs only: such experts are noise; the manifest records it)")
     s = p.add_argument_group("scoring")
-    s.add_argument("--pooling", default="max", choices=("max", "mean"))
-    s.add_argument("--max-response-tokens", type=int, default=128)
+    s.add_argument("--pooling", default=d.pooling, choices=("max", "mean"))
+    s.add_argument("--max-response-tokens", type=int, default=d.max_response_tokens)
     s.add_argument("--match-lengths", action="store_true",
                    help="use only samples whose response length also occurs in the other class, as many of each "
                         "(removes the length confound of max pooling)")
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--store-dtype", default="float32", choices=("float32", "float16"),
+    s.add_argument("--batch-size", type=int, default=d.batch_size)
+    s.add_argument("--store-dtype", default=d.store_dtype, choices=("float32", "float16"),
                    help="on-disk activation store (float16 halves the disk, rounds activations)")
-    s.add_argument("--null-permutations", type=int, default=0, metavar="K",
+    s.add_argument("--null-permutations", type=int, default=d.null_permutations, metavar="K",
                    help="also score K shuffled labellings (a permutation null) and record how high AUROCs go "
                         "without signal, in the manifest (each costs one more AUROC pass)")
     s.add_argument("--work-dir", help="where the activation store goes (default: system temp)")
@@ -228,7 +232,7 @@ def _limit_by(things: list, group: Callable[[Any], Any], limit: int | None) -> l
     return out
 
 
-def _calibration(args: Any, model: Any) -> tuple[list, dict[str, Any]]:
+def _calibration(args: CalibrationSettings, model: MultimodalModel) -> tuple[list, dict[str, Any]]:
     """The labelled samples and their provenance for the manifest."""
     from calib import calibset
 
@@ -289,7 +293,7 @@ class CalibrationSettings:
     dataset: str | None = None
     conditions: str = ",".join(DEFAULT_CONDITIONS)
     limit: int | None = None
-    samples_per_item: int = DEFAULT_SAMPLES_PER_ITEM
+    samples_per_item: int = 2
     max_new_tokens: int = 48
     seed: int = 0
     judge: str | None = None
@@ -383,7 +387,7 @@ SMALL_FIX = ("Sample more: raise --limit (items per condition) or --samples-per-
              "--calib rtp:FILE; --allow-small-calibration scores it anyway for a smoke run (its experts are noise)")
 
 
-def _small(args: Any, check: Callable[..., None], *counts: Any) -> bool:
+def _small(args: CalibrationSettings, check: Callable[..., None], *counts: Any) -> bool:
     """Run a calibration-size check: it refuses unless --allow-small-calibration, which turns the refusal into a
     warning. Returns whether the set is below the minimum."""
     try:
@@ -396,7 +400,7 @@ def _small(args: Any, check: Callable[..., None], *counts: Any) -> bool:
     return False
 
 
-def _score(args: Any, model: Any, spec: FactorSpec) -> Experts:
+def _score(args: CalibrationSettings, model: MultimodalModel, spec: FactorSpec) -> Experts:
     """Collect activations on the calibration set, score every unit, and build the experts."""
     from calib.activations import collect, store_path_in
 

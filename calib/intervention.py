@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from calib.experts import Experts, check_units, model_units
+from calib.models.base import MultimodalModel
 from runtime.errors import UserError
+from runtime.protocol import GenerationConfig, GenerationRequest, GenerationResult
 
 
 def row_scales(experts: Experts, include_identity: bool = False) -> dict[str, torch.Tensor]:
@@ -32,7 +34,7 @@ def row_scales(experts: Experts, include_identity: bool = False) -> dict[str, to
     return out
 
 
-def _scales_for(model: Any, factors: Experts | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _scales_for(model: MultimodalModel, factors: Experts | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     units = dict(model_units(model))
     if isinstance(factors, Experts):
         check_units(factors, list(units.items()), model.name)
@@ -48,7 +50,7 @@ def _scales_for(model: Any, factors: Experts | Mapping[str, torch.Tensor]) -> di
 
 
 @contextlib.contextmanager
-def suppress(model: Any, factors: Experts | Mapping[str, torch.Tensor]) -> Iterator[list[str]]:
+def suppress(model: MultimodalModel, factors: Experts | Mapping[str, torch.Tensor]) -> Iterator[list[str]]:
     """Within the block, every hooked module's output is multiplied by its scale; hooks go on exit.
 
     `factors` is an experts artifact (its unit list is checked against the model; the fingerprint is
@@ -84,7 +86,7 @@ class Suppressed:
     """A model with the hook intervention on during every call: a runtime.protocol.Generator, so the
     MM-TOXIC-QA runner measures the intervened model exactly as it measures any other backend."""
 
-    def __init__(self, model: Any, factors: Experts | Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, model: MultimodalModel, factors: Experts | Mapping[str, torch.Tensor]) -> None:
         self.model = model
         self.scales = _scales_for(model, factors)
         self.info: dict[str, Any] = {"kind": "hooks", "scales_sha256": scales_sha256(self.scales),
@@ -93,7 +95,8 @@ class Suppressed:
         if isinstance(factors, Experts):
             self.info.update(method=factors.spec.to_dict(), calibration_sha256=factors.calibration.get("sha256"))
 
-    def generate(self, requests: Sequence[Any], config: Any, **kwargs: Any) -> list[Any]:
+    def generate(self, requests: Sequence[GenerationRequest], config: GenerationConfig,
+                 **kwargs: Any) -> list[GenerationResult]:
         with suppress(self.model, self.scales):
             return self.model.generate(requests, config, **kwargs)
 

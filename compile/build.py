@@ -328,7 +328,6 @@ def check_calibration_size(args: argparse.Namespace) -> None:
     """Refuse (or, with --allow-small-calibration, warn about) a calibration too small to rank units when the
     limits alone show it, before any stage runs; a set that is too small only once labelled is refused by
     calib.experts after generating the responses."""
-    from calib.experts import DEFAULT_CONDITIONS, DEFAULT_SAMPLES_PER_ITEM
     from calib.scoring import check_possible
 
     limit = args.limit if args.limit is not None else args.calib_limit
@@ -336,10 +335,11 @@ def check_calibration_size(args: argparse.Namespace) -> None:
         return
     fix = (f"Raise --limit / --calib-limit (default {DEFAULT_CALIB_LIMIT}), pass --experts DIR, or add "
            "--allow-small-calibration for a smoke run (its experts are noise)")
+    conditions, samples = len(CalibrationSettings.conditions.split(",")), CalibrationSettings.samples_per_item
     try:
-        check_possible(limit * len(DEFAULT_CONDITIONS) * DEFAULT_SAMPLES_PER_ITEM,
-                       f"a calibration limit of {limit} ({limit} items x {len(DEFAULT_CONDITIONS)} conditions x "
-                       f"{DEFAULT_SAMPLES_PER_ITEM} samples)", fix)
+        check_possible(limit * conditions * samples,
+                       f"a calibration limit of {limit} ({limit} items x {conditions} conditions x {samples} samples)",
+                       fix)
     except UserError as e:
         if not args.allow_small_calibration:
             raise
