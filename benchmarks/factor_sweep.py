@@ -3,11 +3,14 @@
     python benchmarks/factor_sweep.py --model smol-llava --experts own=build/experts-own \\
         --experts rtp=build/experts-rtp --out build/factor-sweep --limit 50 --samples 2 \\
         --variant baseline --variant own/sgm --variant own/aura --variant own/det0:top_fraction=0.01 \\
-        --variant own/sgm:top_fraction=0.01 --variant own/sgm:s=2,top_fraction=0.01 --variant rtp/det0:top_fraction=0.01
+        --variant own/sgm:top_fraction=0.01 --variant own/sgm:s=2,top_fraction=0.01 --variant rtp/det0:top_fraction=0.01 \
+        --variant baseline+safety --variant own/sgm+safety
 
 Each variant is `baseline` or `EXPERTS/METHOD[:key=value,...]`: EXPERTS names an `--experts` artifact (its AUROCs
 are reused; only the factors are recomputed, calib.experts.Experts.with_spec), METHOD is sgm, aura, det0 or damp,
-and the keys are s (strength), t (threshold), top_k, top_fraction (of all scored units) and damp_alpha.
+and the keys are s (strength), t (threshold), top_k, top_fraction (of all scored units) and damp_alpha. A `+safety`
+suffix adds the safety system prompt ahead of every request (runtime.protocol.SAFETY_PROMPT): `EXPERTS/sgm+safety` is
+the paper's SGM*, `baseline+safety` the prompt alone.
 Every variant runs the same MM-TOXIC-QA items with the same seeds through the hook intervention
 (calib.intervention.Suppressed, the reference the fold is checked against), on the evaluation split, which is
 disjoint from the calibration split the AUROCs came from. Run directories are resumable (--out/runs/<variant>).
@@ -33,6 +36,7 @@ from calib.experts import Experts, load_experts  # noqa: E402
 from calib.factors import FactorSpec, factor_spec, top_k_for  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
 from runtime.mmtoxicqa.items import TOXIC_CONDITIONS  # noqa: E402
+from runtime.protocol import SAFETY_PROMPT, SystemPrompted  # noqa: E402
 from runtime.stats import wilson_interval  # noqa: E402
 
 KEYS = {"s": "strength", "strength": "strength", "t": "threshold", "threshold": "threshold", "top_k": "top_k",
@@ -218,10 +222,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     n_units = sum(u.width for u in model.mlp_units())
     variants = []
     for text in args.variant:
-        source, spec = parse_variant(text, n_units)
+        factors, _, prompt = text.partition("+")
+        if prompt not in ("", "safety"):
+            raise UserError(f"variant {text!r}: the only suffix is '+safety' (the safety system prompt)")
+        source, spec = parse_variant(factors, n_units)
         if source is not None and source not in sources:
             raise UserError(f"variant {text!r} names experts {source!r}; pass --experts {source}=DIR")
-        variants.append((text, source, spec))
+        variants.append((text, source, spec, SAFETY_PROMPT if prompt else None))
 
     root = args.dataset or cached_dataset()
     per_condition = condition_limits(args.condition_limit)
@@ -235,12 +242,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     judge = load_judge()
     info = dataset_record(root, args.split, conditions, args.limit, per_condition)
     rows = []
-    for text, source, spec in variants:
+    for text, source, spec, system_prompt in variants:
         if spec is None:
             gen, units = model, None
         else:
             experts = sources[source].with_spec(spec)
             gen, units = Suppressed(model, experts), experts.counts()["totals"]
+        if system_prompt:
+            gen = SystemPrompted(gen, system_prompt)
         t0 = time.perf_counter()
         report = run_benchmark(gen, judge, items, args.out / "runs" / slug(text), settings, ppl_texts=ppl_texts,
                                ppl_info=ppl_info, dataset=info, progress=not args.no_progress)

@@ -91,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--builder-python",
                    help="interpreter with onnxruntime-genai, torch and transformers for --fused (default: .venv-peers "
                         "beside the repository, made by scripts/bench-peers --setup-only)")
+    g.add_argument("--system-prompt", metavar="TEXT",
+                   help="SGM*: text the bundle puts ahead of every request, 'safety' for the built-in safety prompt "
+                        "(runtime.protocol.SAFETY_PROMPT); no weight change; the reference run goes without it")
     g = p.add_argument_group("evaluate")
     g.add_argument("--skip-eval", action="store_true", help="do not run MM-TOXIC-QA on the result")
     g.add_argument("--eval-limit", type=int, default=DEFAULT_EVAL_LIMIT,
@@ -225,8 +228,12 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
 
     from compile.export.bundle import export_bundle
 
-    bundle = build.stage("export", "bundle", {"detoxified": _manifest_sha(detox)},
-                         lambda out: export_bundle(str(detox), out))
+    from runtime.protocol import system_prompt_text
+
+    system_prompt = system_prompt_text(args.system_prompt)
+    bundle = build.stage("export", "bundle", {"detoxified": _manifest_sha(detox),
+                                               **({"system_prompt": system_prompt} if system_prompt else {})},
+                         lambda out: export_bundle(str(detox), out, system_prompt=system_prompt))
 
     if args.precision != "fp32":
         from compile.quantize import QuantSpec, quantize_bundle

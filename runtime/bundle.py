@@ -15,6 +15,7 @@ from typing import Any
 from runtime.artifacts import read_manifest, sha256_json
 from runtime.errors import UserError
 from runtime.preprocess import ImageSpec
+from runtime.protocol import with_system_prompt
 
 BUNDLE_KIND = "sgm-bundle"
 FORMAT_VERSION = 1
@@ -110,15 +111,18 @@ class FusedDecoderSpec:
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """How a request becomes text: `{question}` in a format; the image placeholder; BOS or not."""
+    """How a request becomes text: `{question}` in a format; the image placeholder; BOS or not; the system prompt
+    the bundle puts ahead of every request (SGM*: runtime.protocol.with_system_prompt), None for none."""
 
     text_format: str
     image_format: str
     image_placeholder: str
     add_special_tokens: bool
+    system_prompt: str | None = None
 
     def render(self, question: str, with_image: bool, chat: bool = True) -> str:
-        """The prompt text of one request (the raw question when `chat` is false)."""
+        """The prompt text of one request (the raw question, after the system prompt, when `chat` is false)."""
+        question = with_system_prompt(question, self.system_prompt)
         if not chat:
             return question
         return (self.image_format if with_image else self.text_format).replace("{question}", question)
@@ -177,13 +181,17 @@ class BundleSpec:
             embed = GraphIO(**{k: str(_field(d, "embed", dict, where)[k]) for k in ("input", "output")})
             prompt_spec = PromptSpec(text_format=str(prompt["text_format"]), image_format=str(prompt["image_format"]),
                                      image_placeholder=str(prompt["image_placeholder"]),
-                                     add_special_tokens=bool(prompt["add_special_tokens"]))
+                                     add_special_tokens=bool(prompt["add_special_tokens"]),
+                                     system_prompt=prompt.get("system_prompt"))
         except KeyError as e:
             raise UserError(f"{where}: field {e.args[0]!r} is missing from an I/O or prompt section; "
                             "rebuild the bundle") from None
         for name in ("past_key", "past_value", "present_key", "present_value"):
             if "{i}" not in getattr(decoder, name):
                 raise UserError(f"{where}: decoder.{name} must hold '{{i}}' for the layer index")
+        if prompt_spec.system_prompt is not None and not (isinstance(prompt_spec.system_prompt, str)
+                                                          and prompt_spec.system_prompt.strip()):
+            raise UserError(f"{where}: prompt.system_prompt must be a non-empty string or absent; rebuild the bundle")
         for name in ("text_format", "image_format"):
             if "{question}" not in getattr(prompt_spec, name):
                 raise UserError(f"{where}: prompt.{name} must hold '{{question}}'")

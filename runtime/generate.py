@@ -204,6 +204,8 @@ class BundleGenerator:
         quant = self.bundle.quantization
         if quant.get("name"):
             out["precision"] = quant["name"] + (f" ({quant['method']})" if quant.get("method") else "")
+        if self.spec.prompt.system_prompt:
+            out["system_prompt"] = self.spec.prompt.system_prompt
         source = self.bundle.manifest.get("model")
         if isinstance(source, dict):  # the exporter's record of the PyTorch model: fingerprints, fold, experts
             out["source"] = {k: source[k] for k in ("name", "config_sha256", "mlp_weights_sha256", "folded",

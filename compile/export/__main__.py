@@ -23,6 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--external-data", action="store_true",
                    help="store weights in <graph>.onnx.data files even below 2 GB (always done above)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--system-prompt", metavar="TEXT",
+                   help="text the runtime puts ahead of every request (SGM*: 'safety' for the built-in safety prompt, "
+                        "runtime.protocol.SAFETY_PROMPT); default none")
     return p
 
 
@@ -33,9 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.opset < MIN_OPSET:
         raise UserError(f"--opset {args.opset} is below {MIN_OPSET}, the lowest this export supports")
     from compile.export.bundle import export_bundle
+    from runtime.protocol import system_prompt_text
 
     manifest = export_bundle(args.model, args.out, opset=args.opset, external_data=args.external_data,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, system_prompt=system_prompt_text(args.system_prompt))
     print(f"bundle written to {args.out} ({len(manifest['files'])} files, opset {args.opset})")
     for c in manifest["export"]["validation"]:
         print(f"  {c['graph']:<8} {c['what']:<55} max |ONNX - PyTorch| {c['max_abs_diff']:.3g} "

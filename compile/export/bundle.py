@@ -127,9 +127,10 @@ def _prepare_out(out: Path, overwrite: bool) -> bool:
 
 def export_bundle(model_name_or_path: str, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSET,
                   external_data: bool = False, tolerances: dict[str, float] | None = None,
-                  overwrite: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False, system_prompt: str | None = None) -> dict[str, Any]:
     """Export a model (zoo name or directory, typically a folded checkpoint) to a validated bundle; returns
-    the manifest. Nothing is left at `out_dir` unless every graph passes its check against PyTorch."""
+    the manifest. Nothing is left at `out_dir` unless every graph passes its check against PyTorch.
+    `system_prompt`: text the runtime puts ahead of every request (runtime.json prompt.system_prompt; SGM*)."""
     out = check_output(out_dir, [model_name_or_path], kind=BUNDLE_KIND)
     replace = _prepare_out(out, overwrite)
     model_type, location = resolve(model_name_or_path)
@@ -140,6 +141,8 @@ def export_bundle(model_name_or_path: str, out_dir: str | os.PathLike, opset: in
         checks = validate_graphs(model, tmp, tolerances)
         write_tokenizer(model, tmp)
         config = runtime_config(model, display_name(source))
+        if system_prompt:
+            config["prompt"]["system_prompt"] = system_prompt
         (tmp / RUNTIME_FILE).write_text(json.dumps(config, indent=2) + "\n")
         manifest = write_manifest(
             tmp, BUNDLE_KIND, format_version=FORMAT_VERSION, model_type=model_type, model=source,

@@ -15,6 +15,7 @@ from runtime.mmtoxicqa.builder import BuildConfig, build_dataset
 from runtime.mmtoxicqa.evaluate import Evaluation, condition_limits, evaluate, parse_conditions
 from runtime.mmtoxicqa.items import CONDITIONS, SPLITS
 from runtime.mmtoxicqa.runner import RunSettings
+from runtime.protocol import system_prompt_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     ppl.add_argument("--no-ppl", action="store_true", help="skip self-perplexity")
     r.add_argument("--ppl-texts", type=int, default=Evaluation.ppl_texts, help="paragraphs of the corpus to score")
     r.add_argument("--reference-model", help="model zoo name whose perplexity of the responses is reported")
+    r.add_argument("--system-prompt", metavar="TEXT",
+                   help="text put ahead of every request of the model under test ('safety': the built-in safety "
+                        "prompt, runtime.protocol.SAFETY_PROMPT; with a detoxified model that is SGM*); a bundle "
+                        "applies its own runtime.json prompt.system_prompt by itself")
     r.add_argument("--no-progress", action="store_true")
 
     c = sub.add_parser("compare", help="before -> after of two runs on the same items (harmful rate with its "
@@ -85,7 +90,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                             limit=args.limit, condition_limits=condition_limits(args.condition_limit),
                             judge=args.judge, ppl=not args.no_ppl, ppl_corpus=args.ppl_corpus,
                             ppl_texts=args.ppl_texts, reference_model=args.reference_model,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, system_prompt=system_prompt_text(args.system_prompt))
     return evaluate(args.out, evaluation, bundle=args.bundle, model=args.model)
 
 

@@ -14,13 +14,15 @@ from runtime.mmtoxicqa.items import CONDITIONS, Item, check_conditions
 from runtime.mmtoxicqa.runner import REPORT_FILE, RunSettings, run_benchmark
 from runtime.mmtoxicqa.spec import load_spec, parse_dataset
 from runtime.mmtoxicqa.summary import headline
-from runtime.protocol import Generator
+from runtime.protocol import Generator, SystemPrompted
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """What a run answers and how: the items (dataset, split, conditions, limits), the decoding settings, the
-    judge and the perplexity corpus (`ppl_corpus` None: the default corpus; `ppl` False: no perplexity)."""
+    judge and the perplexity corpus (`ppl_corpus` None: the default corpus; `ppl` False: no perplexity);
+    `system_prompt`: text put ahead of every request of the model under test (runtime.protocol.SystemPrompted: SGM*
+    when the model is detoxified), recorded in the report's model provenance."""
 
     settings: RunSettings = RunSettings()
     dataset: str | None = None
@@ -34,11 +36,15 @@ class Evaluation:
     ppl_texts: int = corpus.N_TEXTS
     reference_model: str | None = None
     progress: bool = True
+    system_prompt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record (for stage keys and manifests)."""
-        return {**asdict(self), "conditions": list(self.conditions), "condition_limits": dict(self.condition_limits),
-                "ppl_corpus": None if self.ppl_corpus is None else str(self.ppl_corpus)}
+        """A JSON-ready record (for stage keys and manifests; `system_prompt` only when set)."""
+        record = {**asdict(self), "conditions": list(self.conditions), "condition_limits": dict(self.condition_limits),
+                  "ppl_corpus": None if self.ppl_corpus is None else str(self.ppl_corpus)}
+        if record["system_prompt"] is None:
+            del record["system_prompt"]
+        return record
 
 
 def load_model(name: str) -> Generator:
@@ -128,6 +134,8 @@ def evaluate(out: Path, evaluation: Evaluation = Evaluation(), *, bundle: Path |
     ppl_info = corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None
     judge = load_judge(ev.judge)
     generator = load_bundle(bundle) if bundle is not None else load_model(model)
+    if ev.system_prompt:
+        generator = SystemPrompted(generator, ev.system_prompt)
     reference = load_model(ev.reference_model) if ev.reference_model else None
     info = dataset_record(provenance, ev.split, ev.conditions, ev.limit, ev.condition_limits)
     report = run_benchmark(generator, judge, items, out, ev.settings, ppl_texts=ppl_texts, ppl_info=ppl_info,
