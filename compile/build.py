@@ -1,6 +1,6 @@
 """Run the whole path for one model: calibrate -> fold -> export -> quantize -> fused -> engines -> evaluate.
 
-    python -m compile.build --model smol-llava --out build/smol-llava [--precision int4] [--fused]
+    python -m compile.build --model smol-llava --out build/smol-llava [--precision int4] [--no-fused]
 
 Each stage writes its own artifact directory under --out, each with a manifest.json that records what it
 was made from; `build.json` records each stage's input key. Re-running reuses every finished stage whose
@@ -44,7 +44,8 @@ STAGES = (
     Stage("fold", "detoxified", "fold the factors into the MLP weights (row scaling), checked against hooks"),
     Stage("export", "bundle", "vision / embed / decoder graphs through Optimum, validated vs PyTorch"),
     Stage("quantize", "bundle-<precision>", "ONNX Runtime int8 / int4, or fp16 / Q-DQ graphs for TensorRT"),
-    Stage("fused", "bundle[-<precision>]-fused", "--fused: onnxruntime-genai's fused CPU decoder added (fp32, int4)"),
+    Stage("fused", "bundle[-<precision>]-fused", "CPU fp32 / int4 (default; --no-fused: off): a fused decoder "
+                                                 "(GroupQueryAttention, shared KV buffer) added, checked vs the standard one"),
     Stage("engine", "engines | jetson", "TensorRT engines (cuda, built here) or a Jetson bundle (built on device)"),
     Stage("evaluate", "report", "MM-TOXIC-QA on the compiled bundle (ONNX Runtime)"),
     Stage("reference", "reference", "the same items on the undetoxified model (PyTorch): before -> after, the "
@@ -85,12 +86,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--target", choices=("cpu", "cuda", "jetson-orin"), default="cpu",
                    help="cpu: ONNX Runtime bundle; cuda: + TensorRT engines built on this machine; jetson-orin: a "
                         "bundle with a script that builds the engines on the device")
-    g.add_argument("--fused", action="store_true",
-                   help="add a fused CPU decoder built by onnxruntime-genai's model builder (fp32 or int4; 1.4-1.9x "
-                        "faster decoding, BENCHMARKS.md); needs the builder's own interpreter (--builder-python)")
+    g.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="add a fused CPU decoder built by onnxruntime-genai's model builder (1.4-3x faster decoding, "
+                        "BENCHMARKS.md), checked against the standard decoder, which stays in the bundle. Default: on "
+                        "for --target cpu with fp32 or int4 when the model allows it (head size a multiple of 16); "
+                        "--no-fused: the standard decoder only; --fused: required (an error when it cannot be built)")
     g.add_argument("--builder-python",
-                   help="interpreter with onnxruntime-genai, torch and transformers for --fused (default: .venv-peers "
-                        "beside the repository, made by scripts/bench-peers --setup-only)")
+                   help="interpreter with onnxruntime-genai's builder, torch and transformers for the fused decoder "
+                        "(default: this one; scripts/setup installs the builder into .venv)")
     g.add_argument("--system-prompt", metavar="TEXT",
                    help="SGM*: text the bundle puts ahead of every request, 'safety' for the built-in safety prompt "
                         "(runtime.protocol.SAFETY_PROMPT); no weight change; the reference run goes without it")
@@ -243,16 +246,8 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
                              {"bundle": _manifest_sha(src), "precision": args.precision},
                              lambda out: quantize_bundle(src, out, QuantSpec(args.precision)))
 
-    if args.fused:
-        from compile.fused import add_fused_decoder, summary
-
-        src = bundle
-
-        def fuse(out: Path) -> None:
-            print(summary(add_fused_decoder(src, detox, out, builder_python=args.builder_python), out), file=sys.stderr)
-
-        bundle = build.stage("fused", f"{src.name}-fused",
-                             {"bundle": _manifest_sha(src), "detoxified": _manifest_sha(detox)}, fuse)
+    if fused_wanted(args):
+        bundle = fused_stage(build, args, bundle, detox)
 
     if args.target == "cuda":
         from compile.engine import build_engines
@@ -289,6 +284,45 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     return report or {}
 
 
+def fused_wanted(args: argparse.Namespace) -> bool:
+    """--fused, or the default (no --no-fused) on CPU at fp32 / int4."""
+    from compile.fused import PRECISIONS as FUSED_PRECISIONS
+
+    if args.fused is not None:
+        return args.fused
+    return args.target == "cpu" and args.precision in FUSED_PRECISIONS
+
+
+def fused_stage(build: Build, args: argparse.Namespace, bundle: Path, detox: Path) -> Path:
+    """The bundle with a fused decoder added (the fused stage), or `bundle` itself when the default finds it cannot
+    be built for this model (said on stderr; an explicit --fused raises instead)."""
+    from compile.fused import add_fused_decoder, builder_available, cannot_fuse, default_builder_python, summary
+    from runtime.bundle import load_bundle
+
+    python = args.builder_python or default_builder_python()
+    why = cannot_fuse(load_bundle(bundle).spec, args.precision)
+    if why is None and builder_available(python):
+        why = f"onnxruntime-genai's builder is not importable with {python} ({builder_available(python)})"
+    if why:
+        if args.fused:
+            raise UserError(why)
+        print(f"[fused] skipped: {why} (the bundle keeps its standard decoder)", file=sys.stderr)
+        return bundle
+
+    def fuse(out: Path) -> None:
+        print(summary(add_fused_decoder(bundle, detox, out, builder_python=python), out), file=sys.stderr)
+
+    try:
+        return build.stage("fused", f"{bundle.name}-fused",
+                           {"bundle": _manifest_sha(bundle), "detoxified": _manifest_sha(detox)}, fuse)
+    except UserError as e:
+        if args.fused:
+            raise
+        print(f"[fused] not added: {e} (the bundle keeps its standard decoder; --no-fused skips this stage)",
+              file=sys.stderr)
+        return bundle
+
+
 def compare_pair(before: Path, after: Path, experts: Path, html: Path) -> None:
     """Print before -> after for the undetoxified reference and the detoxified bundle, run the gate both ways
     and write report.html with both runs."""
@@ -317,7 +351,7 @@ def written_dirs(args: argparse.Namespace) -> list[str]:
     """The stage directories under --out that this build writes (replacing what is there)."""
     bundle = "bundle" if args.precision == "fp32" else f"bundle-{args.precision}"
     dirs = [*(["experts"] if args.experts is None else []), "detoxified", "bundle",
-            *([bundle] if bundle != "bundle" else []), *([f"{bundle}-fused"] if args.fused else []),
+            *([bundle] if bundle != "bundle" else []), *([f"{bundle}-fused"] if fused_wanted(args) else []),
             *({"cuda": ["engines"], "jetson-orin": ["jetson"]}.get(args.target, [])),
             *([] if args.skip_eval else ["report"]), *(["reference"] if args.reference and not args.skip_eval else [])]
     return dirs
@@ -354,7 +388,7 @@ def check_calibration_size(args: argparse.Namespace) -> None:
 
 
 def check_fused_options(args: argparse.Namespace) -> None:
-    """Refuse --fused settings that cannot work before any stage runs (calibration alone takes minutes)."""
+    """Refuse an explicit --fused that cannot work before any stage runs (calibration alone takes minutes)."""
     from compile.fused import PRECISIONS as FUSED_PRECISIONS
     from compile.fused import builder_available, default_builder_python
 
@@ -366,8 +400,8 @@ def check_fused_options(args: argparse.Namespace) -> None:
     python = args.builder_python or default_builder_python()
     why = builder_available(python)
     if why:
-        raise UserError(f"--fused needs onnxruntime-genai's builder, which {python} cannot import ({why}); make its "
-                        "interpreter with scripts/bench-peers --setup-only, or pass --builder-python")
+        raise UserError(f"--fused needs onnxruntime-genai's builder, which {python} cannot import ({why}); "
+                        "scripts/setup installs it into .venv, or pass --builder-python")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_out(args)
     if args.fused:
         check_fused_options(args)
+    fused = fused_wanted(args)
     model_type, location = resolve(args.model)
     print(f"model: {args.model} ({model_type}, {location})")
     if args.experts is not None and not (args.experts / MANIFEST).is_file():
@@ -396,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in STAGES:
         skipped = ((s.name == "calib" and args.experts is not None) or (s.name == "quantize" and args.precision == "fp32")
                    or (s.name == "engine" and args.target == "cpu") or (s.name == "evaluate" and args.skip_eval)
-                   or (s.name == "fused" and not args.fused)
+                   or (s.name == "fused" and not fused)
                    or (s.name == "reference" and (args.skip_eval or not args.reference)))
         print(f"  {s.name:<9} -> {out}/{s.directory:<20} {'skipped' if skipped else 'runs'}: {s.what}")
     if args.dry_run:

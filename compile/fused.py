@@ -1,7 +1,6 @@
 """Add a fused decoder to a CPU bundle: onnxruntime-genai's model builder on the bundle's own language model.
 
-    python -m compile.fused --bundle build/bundle-int4 --checkpoint build/detoxified --out build/bundle-int4-fused \
-        --builder-python .venv-peers/bin/python
+    python -m compile.fused --bundle build/bundle-int4 --checkpoint build/detoxified --out build/bundle-int4-fused
 
 The standard decoder (Optimum export: MatMul, Softmax attention, a past/present concat per layer, logits for
 every prompt position) stays in the bundle for TensorRT and for teacher-forced scoring. The fused decoder is
@@ -13,12 +12,15 @@ SkipSimplifiedLayerNormalization, and for int4 MatMulNBits (the builder's own RT
 is for the ONNX Runtime CPU provider only; runtime.json records it as `fused_decoder`, and the runtime uses it
 when it runs on CPU (`--decoder standard` turns it off).
 
-The builder needs torch, transformers >= 4.x and onnxruntime-genai, which may clash with this project's pins
-(it pulled transformers 5.x here), so it runs in the interpreter given by --builder-python (a separate venv;
-scripts/bench-peers makes one), on the language model extracted from --checkpoint (the folded, detoxified
-checkpoint the bundle was exported from: the fold is already in its weights). Before anything is written the
-fused decoder is checked against the bundle's standard decoder: greedy tokens and last-position logits on text
-and image prompts; the result goes into the manifest as `fused_check`.
+The builder is onnxruntime-genai 0.15.2's (the newest whose builder imports with the pinned transformers 4.57;
+scripts/setup installs it into .venv), run as a subprocess of this interpreter through compile/genai_builder.py
+(which takes Gemma 3's sliding / full layers from the config), on the language model extracted from --checkpoint
+(the folded, detoxified checkpoint the bundle was exported from: the fold is already in its weights);
+--builder-python runs it with another interpreter. Before anything is written the fused decoder is checked
+against the bundle's standard decoder: greedy tokens and prefill logits on text and image prompts, within
+TOLERANCE (fp32: the same greedy tokens on every prompt; both: max |d logit| at prefill); a decoder outside
+them is refused. The result goes into the manifest as `check`. compile.build adds the fused decoder by default
+on CPU for fp32 and int4 (`--no-fused` turns it off).
 """
 from __future__ import annotations
 
@@ -44,22 +46,55 @@ GQA_HEAD_MULTIPLE = 16  # "head_size shall be a multiple of 16" (GroupQueryAtten
 RUNTIME_KEYS = ("graph", "inputs_embeds", "attention_mask", "past_key", "past_value", "logits", "present_key",
                 "present_value", "logits_positions", "kv_buffer", "providers")
 CHECK_QUESTIONS = ("What is in this picture?", "Write one sentence about the sea.", "Name three colours.")
+BUILDER_SCRIPT = Path(__file__).resolve().with_name("genai_builder.py")
+# What the check accepts, per precision: the largest |d logit| at prefill against the standard decoder of the same
+# bundle, and whether every prompt's greedy tokens must be identical. fp32: the same weights and float math in
+# another order (6e-5 on smol-llava). int4: the same weights, but MatMulNBits at accuracy level 4 quantizes the
+# activations to int8 in both graphs and the attention's float differences move those roundings (1.1 on
+# smol-llava's GGUF blocks); weights that are not the standard decoder's (the builder's own RTN against GGUF
+# blocks: 22.5) are refused.
+TOLERANCE = {"fp32": {"max_abs_dlogit": 1e-2, "identical_greedy": True},
+             "int4": {"max_abs_dlogit": 4.0, "identical_greedy": False}}
 
 
 def default_builder_python() -> str:
-    """The peers venv beside the repository when it exists, else this interpreter."""
-    peers = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
-    return str(peers) if peers.is_file() else sys.executable
+    """This interpreter (scripts/setup installs onnxruntime-genai's builder into .venv)."""
+    return sys.executable
+
+
+_AVAILABLE: dict[str, str | None] = {}
+_VERSIONS: dict[str, str] = {}
+_IMPORT_BUILDER = ("import onnxruntime_genai, onnxruntime_genai.models.builder, onnx_ir; "
+                   "print(onnxruntime_genai.__version__)")
 
 
 def builder_available(python: str) -> str | None:
-    """None when `python` can import onnxruntime-genai's builder, else the reason it cannot."""
-    try:
-        p = subprocess.run([python, "-c", "import onnxruntime_genai, transformers, torch, onnx_ir"],
-                           capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"{python}: {e}"
-    return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["import failed"])[-1]
+    """None when `python` can import onnxruntime-genai's builder, else the reason it cannot (asked once)."""
+    if python not in _AVAILABLE:
+        try:
+            p = subprocess.run([python, "-c", _IMPORT_BUILDER], capture_output=True, text=True, timeout=300)
+            why = None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["import failed"])[-1]
+            if why is None:
+                _VERSIONS[python] = p.stdout.strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            why = f"{python}: {e}"
+        _AVAILABLE[python] = why
+    return _AVAILABLE[python]
+
+
+def builder_version(python: str) -> str | None:
+    """onnxruntime-genai's version in `python` (None when its builder is not importable there)."""
+    return _VERSIONS.get(python) if builder_available(python) is None else None
+
+
+def cannot_fuse(spec: Any, precision: str) -> str | None:
+    """Why a bundle of this spec gets no fused decoder at `precision` (None when it can)."""
+    if precision not in PRECISIONS:
+        return f"a fused decoder is built in fp32 or int4, not {precision}"
+    if spec.head_dim % GQA_HEAD_MULTIPLE:
+        return (f"ONNX Runtime's GroupQueryAttention on CPU needs a head size that is a multiple of "
+                f"{GQA_HEAD_MULTIPLE}; this model's is {spec.head_dim}, so it keeps the standard decoder")
+    return None
 
 
 def extract_language_model(checkpoint: str | os.PathLike, out: Path) -> dict[str, Any]:
@@ -83,9 +118,9 @@ def extract_language_model(checkpoint: str | os.PathLike, out: Path) -> dict[str
 
 
 def run_builder(python: str, lm_dir: Path, out: Path, precision: str, cache: Path) -> None:
-    cmd = [python, "-m", "onnxruntime_genai.models.builder", "-i", str(lm_dir), "-o", str(out), "-p", precision,
+    cmd = [python, str(BUILDER_SCRIPT), "-i", str(lm_dir), "-o", str(out), "-p", precision,
            "-e", "cpu", "-c", str(cache), "--extra_options", "exclude_embeds=true", "prune_lm_head=true"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
     if p.returncode != 0 or not (out / "model.onnx").is_file():
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
         raise UserError(f"onnxruntime-genai's builder failed ({' '.join(cmd)}):\n{tail}")
@@ -222,6 +257,21 @@ def check(new_dir: Path, new_tokens: int = 16, threads: int | None = None) -> di
             "evaluated_with": "onnxruntime CPU"}
 
 
+def refuse_outside_tolerance(result: dict[str, Any], precision: str) -> None:
+    """Raise (so nothing is written) when check()'s result is outside TOLERANCE[precision]; records the tolerance."""
+    tol = TOLERANCE[precision]
+    result["tolerance"] = dict(tol)
+    worst = result.get("max_abs_dlogit_prefill", result.get("max_abs_diff"))
+    bad = []
+    if worst is None or not worst <= tol["max_abs_dlogit"]:  # NaN is refused too
+        bad.append(f"max |d logit| at prefill {worst} > {tol['max_abs_dlogit']:g}")
+    if tol["identical_greedy"] and result["identical_greedy"] != result["prompts"]:
+        bad.append(f"greedy tokens identical on {result['identical_greedy']}/{result['prompts']} prompts")
+    if bad:
+        raise UserError(f"the fused {precision} decoder does not match the bundle's standard decoder "
+                        f"({'; '.join(bad)}); nothing was written")
+
+
 def _recorded_weights(checkpoint: str | os.PathLike) -> str | None:
     """The hooked-MLP weights hash a toolchain-written checkpoint records in its manifest (None for others)."""
     from runtime.artifacts import MANIFEST, read_manifest
@@ -264,9 +314,9 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(f"a fused decoder is built in fp32 or int4, not {precision!r}; pass --precision")
     if src.spec.fused_decoder is not None:
         raise UserError(f"{bundle_dir} already has a fused decoder")
-    if src.spec.head_dim % GQA_HEAD_MULTIPLE:
-        raise UserError(f"ONNX Runtime's GroupQueryAttention on CPU needs a head size that is a multiple of "
-                        f"{GQA_HEAD_MULTIPLE}; this model's is {src.spec.head_dim}, so it keeps the standard decoder")
+    why = cannot_fuse(src.spec, precision)
+    if why:
+        raise UserError(why)
     method = src.quantization.get("method")
     if weights == "auto":
         weights = "gguf" if precision == "int4" and method == "gguf-exact" else "builder"
@@ -284,8 +334,8 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
     if prebuilt is None:
         why = builder_available(python)
         if why:
-            raise UserError(f"onnxruntime-genai's builder is not importable with {python} ({why}); make its venv with "
-                            "scripts/bench-peers --setup-only, or pass --builder-python")
+            raise UserError(f"onnxruntime-genai's builder is not importable with {python} ({why}); scripts/setup "
+                            "installs it into .venv (onnxruntime-genai==0.15.2), or pass --builder-python")
 
     def transform(bundle: Bundle, out: Path) -> dict[str, Any]:
         for graph in GRAPHS:
@@ -303,7 +353,9 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
             stats = copy_graph(graph_dir, out, gguf)
             if stats:
                 section["contrib_ops"] = sorted(set(section["contrib_ops"]) | {"MatMulNBits"})
-        return {"fused_decoder": {**section, "builder": "onnxruntime_genai.models.builder", "precision": precision,
+        return {"fused_decoder": {**section, "builder": "onnxruntime_genai.models.builder",
+                                  "builder_version": builder_version(python) if prebuilt is None else None,
+                                  "precision": precision,
                                   "extra_options": ["exclude_embeds=true", "prune_lm_head=true"], "source": source,
                                   "weights": stats or {"method": f"builder {precision}"}}}
 
@@ -324,7 +376,9 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         (tmp / RUNTIME_FILE).write_text(json.dumps(config, indent=2) + "\n")
         manifest = read_manifest(tmp, verify=False)
         write_manifest(tmp, manifest.pop("kind"), **{k: v for k, v in manifest.items() if k != "files"})
-        return check(tmp, threads=threads)
+        result = check(tmp, threads=threads)
+        refuse_outside_tolerance(result, precision)
+        return result
 
     return derive_bundle(src.root, out_dir, transform_and_record, overwrite=overwrite, after=finish,
                          inputs=[checkpoint, prebuilt])
@@ -338,8 +392,8 @@ def parser() -> argparse.ArgumentParser:
                         "bundle), or a zoo name")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--precision", choices=PRECISIONS, help="default: the bundle's (float32 -> fp32, int4 -> int4)")
-    p.add_argument("--builder-python", help="interpreter with onnxruntime-genai, torch and transformers "
-                                            "(default: .venv-peers/bin/python when present, else this one)")
+    p.add_argument("--builder-python", help="interpreter with onnxruntime-genai's builder, torch and transformers "
+                                            "(default: this one; scripts/setup installs the builder into .venv)")
     p.add_argument("--prebuilt", type=Path, help="use this builder output directory instead of running the builder "
                                                  "(its fp32 build for --weights gguf)")
     p.add_argument("--weights", choices=("auto", "gguf", "builder"), default="auto",

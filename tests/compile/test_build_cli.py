@@ -47,7 +47,7 @@ def test_fused_settings_that_cannot_work_are_refused_before_any_stage(tmp_path):
     out = tmp_path / "o"
     for args, words in ((("--target", "cuda"), "--fused adds a CPU decoder"),
                         (("--precision", "int8"), "fp32 or int4 decoders, not int8"),
-                        (("--builder-python", str(tmp_path / "no-python")), "scripts/bench-peers --setup-only")):
+                        (("--builder-python", str(tmp_path / "no-python")), "scripts/setup installs it")):
         p = _run("--model", "tiny-random-llava", "--out", str(out), "--fused", *args)
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not out.exists()
