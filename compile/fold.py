@@ -15,9 +15,8 @@ transformers loads as before) with `sgm_folded` recorded in its config.json and 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,10 +25,12 @@ import torch
 
 from calib.experts import Experts, check_units, load_experts, model_units
 from calib.intervention import row_scales, suppress
-from calib.models import FAMILY, load_model, resolve
+from calib.models import load_model, resolve
 from calib.models.base import MultimodalModel
+from compile.recipes import recipe
 from runtime import cli
 from runtime.artifacts import MANIFEST, atomic_dir, check_output, read_manifest, sha256_file, write_manifest
+from runtime.compare import Comparison, compare_arrays, format_comparison
 from runtime.errors import UserError
 
 KIND = "sgm-detoxified"
@@ -41,23 +42,20 @@ FOLDED_KEY = "sgm_folded"
 # to 31.6 (factors one layer off). The default sits between the two, with margins of ~4x and ~2000x.
 DEFAULT_TOLERANCE = 1e-3
 CHECK_QUESTIONS = ("What is in the image?", "Describe the picture in one sentence.")
-# llava-hf files beside the weights and tokenizer that transformers' processors read
-_LLAVA_EXTRA_FILES = ("processor_config.json", "chat_template.json", "chat_template.jinja")
 
 
 @dataclass(frozen=True)
 class FoldReport:
-    """What a fold changed and how closely it reproduces the hooks on the check batch."""
+    """What a fold changed and how closely it reproduces the hooks on the check batch (runtime.compare)."""
 
     modules: int
     units_scaled: int
-    positions: int
-    max_abs_dlogit_vs_hook: float
-    max_abs_dlogit_vs_unfolded: float
-    tolerance: float
+    vs_hook: Comparison
+    vs_unfolded: Comparison
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"modules": self.modules, "units_scaled": self.units_scaled, "vs_hook": self.vs_hook.to_dict(),
+                "vs_unfolded": self.vs_unfolded.to_dict()}
 
 
 @torch.no_grad()
@@ -129,13 +127,13 @@ def fold_and_check(model: MultimodalModel, experts: Experts, tolerance: float = 
         hooked = _logits(model, batch)
     fold(model, experts)
     folded = _logits(model, batch)
+    what = f"the check batch ({int(folded.shape[0])} positions)"
     report = FoldReport(modules=len(scales), units_scaled=int(sum(int((s != 1).sum()) for s in scales.values())),
-                        positions=int(folded.shape[0]),
-                        max_abs_dlogit_vs_hook=float((folded - hooked).abs().max()),
-                        max_abs_dlogit_vs_unfolded=float((folded - unfolded).abs().max()), tolerance=tolerance)
-    if not report.max_abs_dlogit_vs_hook <= tolerance:
-        raise UserError(f"the folded model differs from the hook intervention by max |dlogit| "
-                        f"{report.max_abs_dlogit_vs_hook:.3g} > tolerance {tolerance:g} on the check batch; "
+                        vs_hook=compare_arrays("fold vs hooks", what, folded.numpy(), hooked.numpy(),
+                                               tolerance=tolerance),
+                        vs_unfolded=compare_arrays("fold vs unfolded", what, folded.numpy(), unfolded.numpy()))
+    if not report.vs_hook.ok:
+        raise UserError(f"the folded model differs from the hook intervention: {format_comparison(report.vs_hook)}; "
                         "nothing was written. A correct fold differs by rounding only (about 1e-4 in fp32); "
                         "1e-2 and more means the fold does not implement the intervention")
     return report
@@ -156,28 +154,6 @@ def _refuse_folded(model: MultimodalModel, location: Any) -> None:
         source = (marker or {}).get("experts_manifest_sha256", "unknown")
         raise UserError(f"{location} is already folded (experts manifest sha256 {str(source)[:12]}...); folding "
                         "twice would apply the factors twice. Fold the original checkpoint instead")
-
-
-def _save(model: MultimodalModel, model_type: str, location: Any, out: Path, marker: dict[str, Any]) -> None:
-    """Write the folded model as a checkpoint of its own type, with the fold marker in config.json."""
-    if model_type in FAMILY:  # smol-llava, gemma-llava: the family's own directory format
-        model.config[FOLDED_KEY] = marker
-        model.save(out)
-        return
-    from transformers import AutoImageProcessor
-
-    setattr(model.hf.config, FOLDED_KEY, marker)
-    model.hf.save_pretrained(out, safe_serialization=True)
-    model.tokenizer.save_pretrained(out)
-    try:  # the local copy or the HF cache first, as calib.models.llava loads it
-        processor = AutoImageProcessor.from_pretrained(location, local_files_only=True)
-    except OSError:
-        processor = AutoImageProcessor.from_pretrained(location)
-    processor.save_pretrained(out)
-    if Path(str(location)).is_dir():
-        for name in _LLAVA_EXTRA_FILES:
-            if (Path(location) / name).is_file() and not (out / name).exists():
-                shutil.copy2(Path(location) / name, out / name)
 
 
 def _versions() -> dict[str, str]:
@@ -207,7 +183,7 @@ def fold_to_dir(model_name_or_path: str, experts_dir: str | Path, out_dir: str |
     marker = {"experts_manifest_sha256": experts_sha, "source_mlp_weights_sha256": source["mlp_weights_sha256"],
               "method": experts.spec.to_dict()}
     with atomic_dir(out_dir) as tmp:
-        _save(model, model_type, location, tmp, marker)
+        recipe(model_type).save_checkpoint(model, location, tmp, {FOLDED_KEY: marker})
         manifest = write_manifest(
             tmp, KIND, format_version=FORMAT_VERSION, model_type=model_type, source=source,
             experts={"path": str(experts_dir.resolve()), "manifest_sha256": experts_sha, "model": dict(experts.model),
@@ -232,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = fold_to_dir(args.model, args.experts, args.out, args.tolerance)
     f = manifest["fold"]
     print(f"folded {f['units_scaled']} units in {f['modules']} modules of {args.model} into {args.out}")
-    print(f"check batch ({f['positions']} positions): max |dlogit| fold vs hooks {f['max_abs_dlogit_vs_hook']:.3g} "
-          f"(tolerance {f['tolerance']:g}); vs unfolded {f['max_abs_dlogit_vs_unfolded']:.3g}")
+    print(format_comparison(Comparison.from_dict(f["vs_hook"])))
+    print(format_comparison(Comparison.from_dict(f["vs_unfolded"])))
     return 0
 
 

@@ -100,18 +100,10 @@ def cannot_fuse(spec: Any, precision: str) -> str | None:
 def extract_language_model(checkpoint: str | os.PathLike, out: Path) -> dict[str, Any]:
     """Save the checkpoint's language model as a plain Hugging Face causal LM directory (with the tokenizer)."""
     from calib.models import load_model
+    from compile.recipes import recipe_for
 
     model = load_model(str(checkpoint))
-    module = model.module
-    lm = getattr(module, "language_model", None)
-    if lm is None or not hasattr(lm, "lm_head"):  # llava-hf: model.language_model is the bare decoder
-        from transformers import AutoModelForCausalLM
-
-        inner = module.model.language_model if hasattr(module, "model") else module.language_model
-        lm = AutoModelForCausalLM.from_config(inner.config)
-        lm.model.load_state_dict(inner.state_dict())
-        lm.lm_head.load_state_dict(module.lm_head.state_dict())
-        lm.tie_weights()
+    lm = recipe_for(model).causal_lm(model)
     lm.save_pretrained(out, safe_serialization=True)
     model.tokenizer.save_pretrained(out)
     return {"checkpoint": str(checkpoint), **model.fingerprint()}
@@ -225,9 +217,11 @@ def copy_graph(graph_dir: Path, out: Path, gguf: tuple[Any, Any, int] | None = N
 
 
 def check(new_dir: Path, new_tokens: int = 16, threads: int | None = None) -> dict[str, Any]:
-    """Greedy tokens and prefill logits of the fused decoder against the standard one, on the new bundle."""
+    """Greedy tokens and prefill logits of the fused decoder against the standard one, on the new bundle
+    (runtime.compare)."""
     import numpy as np
 
+    from runtime.compare import combine, compare_arrays, compare_tokens
     from runtime.generate import BundleGenerator, decode_loop
     from runtime.protocol import GenerationConfig, GenerationRequest
     from runtime.scenes import scenes
@@ -237,24 +231,23 @@ def check(new_dir: Path, new_tokens: int = 16, threads: int | None = None) -> di
     images = [sc.image for sc in scenes("test", 1)]
     requests = [GenerationRequest(q, images[0] if i == 0 else None) for i, q in enumerate(CHECK_QUESTIONS)]
     config = GenerationConfig(max_new_tokens=new_tokens)
-    same, worst, agree = 0, 0.0, 0
-    positions = 0
+    name, what = "fused vs standard decoder", f"{len(requests)} prompts"
+    prefill, greedy = [], []
     for r in requests:
         embeds = std.request_embeds(r)
         a = std.backend.decode(embeds[None], np.ones((1, len(embeds)), np.int64), np.arange(len(embeds))[None],
                                std.backend.empty_cache(1))[0]
         b = fused.backend.decode(embeds[None], np.ones((1, len(embeds)), np.int64), np.arange(len(embeds))[None],
                                  fused.backend.empty_cache(1, capacity=len(embeds)))[0]
-        worst = max(worst, float(np.abs(a - b).max()))
+        prefill.append(compare_arrays(name, what, a, b))
         [(ta, _)], _ = decode_loop(std.backend, [embeds], config, std.spec.eos_token_ids, std.spec.pad_token_id)
         [(tb, _)], _ = decode_loop(fused.backend, [embeds], config, fused.spec.eos_token_ids, fused.spec.pad_token_id)
-        same += ta == tb
-        n = min(len(ta), len(tb))
-        agree += next((i for i in range(n) if ta[i] != tb[i]), n)
-        positions += max(len(ta), len(tb))
-    return {"prompts": len(requests), "identical_greedy": same, "max_abs_dlogit_prefill": worst,
-            "tokens_before_first_difference": agree, "tokens": positions, "new_tokens": new_tokens,
-            "evaluated_with": "onnxruntime CPU"}
+        greedy.append(compare_tokens(name, what, ta, tb))
+    tokens = combine(name, what, greedy)
+    return {"prompts": len(requests), "identical_greedy": sum(g.first_difference is None for g in greedy),
+            "max_abs_dlogit_prefill": combine(name, what, prefill).max_abs_diff,
+            "tokens_before_first_difference": round(tokens.top1_agreement * tokens.positions),
+            "tokens": tokens.positions, "new_tokens": new_tokens, "evaluated_with": "onnxruntime CPU"}
 
 
 def refuse_outside_tolerance(result: dict[str, Any], precision: str) -> None:
@@ -326,10 +319,9 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(f"{bundle_dir} does not hold GGUF blocks (precision method {method!r}); use --weights builder")
     gguf = None
     if weights == "gguf":
-        from compile.quantize.gguf import GGUFWeights, folded_row_scales
+        from compile.quantize.registry import method
 
-        gguf_path = Path(src.quantization["gguf"]["path"])
-        gguf = (GGUFWeights(gguf_path), folded_row_scales(src), src.quantization.get("accuracy_level") or 4)
+        gguf = method("gguf-exact").blocks_of(src)
     python = builder_python or default_builder_python()
     if prebuilt is None:
         why = builder_available(python)

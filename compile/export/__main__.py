@@ -41,9 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = export_bundle(args.model, args.out, opset=args.opset, external_data=args.external_data,
                              overwrite=args.overwrite, system_prompt=system_prompt_text(args.system_prompt))
     print(f"bundle written to {args.out} ({len(manifest['files'])} files, opset {args.opset})")
+    from runtime.compare import Comparison, format_comparison
+
     for c in manifest["export"]["validation"]:
-        print(f"  {c['graph']:<8} {c['what']:<55} max |ONNX - PyTorch| {c['max_abs_diff']:.3g} "
-              f"(tolerance {c['tolerance']:g})")
+        print(f"  {format_comparison(Comparison.from_dict(c))}")
     return 0
 
 

@@ -4,7 +4,9 @@ Each part calls the model interface (calib.models.base.MultimodalModel) directly
 exactly what the PyTorch model computes in `generate`: `encode_images` (vision tower + projector),
 `embed_tokens`, and `decode` (the language model on embeddings with a KV cache). The vision and embed parts carry a
 small `PretrainedConfig` whose `model_type` names the OnnxConfig registered for it; the decoder carries the
-language model's own config, whose `model_type` picks the decoder config (compile.export.configs).
+language model's own config, whose `model_type` picks the decoder config (compile.export.configs). What differs
+per architecture (the vision config's name, where the text config is) comes from the model's recipe
+(compile.recipes).
 """
 from __future__ import annotations
 
@@ -15,31 +17,18 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from calib.models.base import MultimodalModel
-from runtime.errors import UserError
+from compile.recipes import recipe_for
 
 VISION, EMBED, DECODER = "vision", "embed", "decoder"
 PARTS = (VISION, EMBED, DECODER)
 
 
-def model_type(model: MultimodalModel) -> str:
-    """'llava' or 'smol-llava': the zoo family of a loaded model, which names its vision config (the smol-llava
-    family, gemma-llava included, shares EfficientNet-Lite0 + projector)."""
-    from calib.models.llava import Llava
-    from calib.models.smol_llava import SmolLlava
-
-    if isinstance(model, Llava):
-        return "llava"
-    if isinstance(model, SmolLlava):
-        return "smol-llava"
-    raise UserError(f"{type(model).__name__} has no ONNX export recipe; export a smol-llava family model "
-                    "(smol-llava, gemma-llava) or a llava-hf model")
-
-
 def text_config(model: MultimodalModel) -> PretrainedConfig:
-    """The language model's transformers config; its model_type must have a decoder config (compile.export.configs)."""
+    """The language model's transformers config (from the model's recipe); its model_type must have a decoder
+    config (compile.export.configs)."""
     from compile.export.configs import check_decoder_supported
 
-    cfg = model.hf.config.text_config if model_type(model) == "llava" else model.module.language_model.config
+    cfg = recipe_for(model).text_config(model)
     check_decoder_supported(cfg.model_type, model.name)
     return cfg
 
@@ -56,11 +45,10 @@ class VisionPart(nn.Module):
         super().__init__()
         self.inner = model.module
         self._model = model
-        family = model_type(model)
         self.config = PretrainedConfig(image_size=model.image_spec.size, num_channels=3,
                                        num_image_tokens=model.num_image_tokens,
                                        hidden_size=text_config(model).hidden_size)
-        self.config.model_type = f"sgm-{family}-vision"
+        self.config.model_type = f"sgm-{recipe_for(model).vision}-vision"
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._model.encode_images(pixel_values)

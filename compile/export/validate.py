@@ -6,12 +6,11 @@ length 0), then one decode step on the prefill's own present key values (past le
 chains them. A language model with sliding-window layers is checked a second time on a batch whose longest
 prompt runs past the window (a short prompt left-padded beside it): PyTorch keeps only the window in those
 layers' cache, the graph keeps every position and masks the rest, and both must give the same logits.
-Each check reports the largest absolute difference and fails above its tolerance.
+Each check is a runtime.compare.Comparison (ONNX vs PyTorch) and fails above its tolerance.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ import torch
 
 from calib.models.base import MultimodalModel
 from compile.export.parts import DECODER, EMBED, VISION, head_dim, text_config
+from runtime.compare import Comparison, combine, compare_arrays, format_comparison
 from runtime.errors import UserError
 
 # fp32 ONNX Runtime (fused kernels) vs PyTorch. Measured on smol-llava: vision 4.4e-6, embed 0, decoder logits
@@ -31,23 +31,6 @@ PRESENT = "present"
 TOLERANCES = {VISION: 1e-3, EMBED: 0.0, DECODER: 2e-3, PRESENT: 5e-3}
 LONG_PAST_WINDOW = 64  # the long check's prompt runs this many tokens past the sliding window
 CHECK_QUESTIONS = ("What is in the image?", "How many shapes are there, and what colours are they?")
-
-
-@dataclass(frozen=True)
-class Check:
-    """One comparison: which graph, on what, the largest |ONNX - PyTorch| and the tolerance it must meet."""
-
-    graph: str
-    what: str
-    max_abs_diff: float
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.max_abs_diff <= self.tolerance)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
 
 
 def session(path: str | os.PathLike, threads: int = 0) -> Any:
@@ -91,37 +74,31 @@ def position_ids(mask: np.ndarray) -> np.ndarray:
     return np.clip(np.cumsum(mask, axis=-1) - 1, 0, None).astype(np.int64)
 
 
-def _max_diff(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None, rows: int = 64) -> float:
-    """Largest |a - b| in float64 over the rows (all axes but the last) that `where` keeps, a few rows at a time:
-    all-position logits of a long batch over a large vocabulary take gigabytes."""
-    if a.shape != b.shape:
-        raise UserError(f"ONNX output shape {a.shape} differs from PyTorch's {b.shape}; re-export the model")
-    flat_a, flat_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-    keep = np.flatnonzero(np.ones(flat_a.shape[0], bool) if where is None else np.asarray(where).reshape(-1))
-    worst = 0.0
-    for start in range(0, len(keep), rows):
-        idx = keep[start:start + rows]
-        worst = max(worst, float(np.abs(flat_a[idx].astype(np.float64) - flat_b[idx].astype(np.float64)).max()))
-    return worst
+def _compare(graph: str, what: str, got: np.ndarray, ref: np.ndarray, tol: float,
+             where: np.ndarray | None = None) -> Comparison:
+    """The graph's output against PyTorch's (runtime.compare), refusing a shape mismatch with the fix."""
+    if got.shape != ref.shape:
+        raise UserError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}; re-export the model")
+    return compare_arrays(graph, what, got, ref, where, tol)
 
 
 @torch.no_grad()
-def check_vision(model: MultimodalModel, path: Path, images: Sequence[Any], tol: float) -> Check:
+def check_vision(model: MultimodalModel, path: Path, images: Sequence[Any], tol: float) -> Comparison:
     pixels = model.pixel_values(images)
     ref = model.encode_images(pixels).float().numpy()
     (got,) = session(path).run(["image_embeds"], {"pixel_values": pixels.numpy()})
-    return Check(VISION, f"{len(images)} images", _max_diff(got, ref), tol)
+    return _compare(VISION, f"{len(images)} images", got, ref, tol)
 
 
 @torch.no_grad()
 def check_embed(model: MultimodalModel, path: Path, prompts: Sequence[tuple[list[int], list[Any]]],
-                tol: float) -> Check:
+                tol: float) -> Comparison:
     seqs = [np.where(np.asarray(ids) == model.image_token_id, 0, np.asarray(ids)).astype(np.int64)
             for ids, _ in prompts]
     ids, _ = left_pad(seqs, model.pad_token_id)
     ref = model.embed_tokens(torch.from_numpy(ids)).float().numpy()
     (got,) = session(path).run(["inputs_embeds"], {"input_ids": ids})
-    return Check(EMBED, f"{len(seqs)} prompts, {ids.shape[1]} tokens", _max_diff(got, ref), tol)
+    return _compare(EMBED, f"{len(seqs)} prompts, {ids.shape[1]} tokens", got, ref, tol)
 
 
 def sliding_window(cfg: Any) -> int | None:
@@ -145,10 +122,10 @@ def long_prompts(model: MultimodalModel, images: Sequence[Any], length: int) -> 
     return [(ids, [images[0]]), (model.tokenize(model.chat_prompt("Say something kind about cats.", False)), [])]
 
 
-def _present_diff(got: dict[str, np.ndarray], past: Any, real: np.ndarray) -> float:
-    """Largest |difference| of every layer's present key/values at real positions. A sliding-window layer's
-    PyTorch cache holds only the last positions; they are compared with the graph's last positions."""
-    worst = 0.0
+def _present(got: dict[str, np.ndarray], past: Any, real: np.ndarray, what: str, tol: float) -> Comparison:
+    """Every layer's present key/values at real positions. A sliding-window layer's PyTorch cache holds only the
+    last positions; they are compared with the graph's last positions."""
+    parts = []
     for i, layer in enumerate(past.layers):
         for name, ref in (("key", layer.keys.numpy()), ("value", layer.values.numpy())):
             mine = got[f"present.{i}.{name}"]
@@ -157,13 +134,13 @@ def _present_diff(got: dict[str, np.ndarray], past: Any, real: np.ndarray) -> fl
                 raise UserError(f"ONNX present.{i}.{name} has shape {mine.shape}, PyTorch's cache {ref.shape}; "
                                 "re-export the model")
             where = np.broadcast_to(real[:, None, mine.shape[2] - n:], ref.shape[:3])
-            worst = max(worst, _max_diff(mine[:, :, mine.shape[2] - n:], ref, where))
-    return worst
+            parts.append(_compare(DECODER, what, mine[:, :, mine.shape[2] - n:], ref, tol, where))
+    return combine(DECODER, what, parts, tol)
 
 
 @torch.no_grad()
 def check_decoder(model: MultimodalModel, path: Path, prompts: Sequence[tuple[list[int], list[Any]]],
-                  tol: float, label: str = "", kv_tol: float | None = None) -> list[Check]:
+                  tol: float, label: str = "", kv_tol: float | None = None) -> list[Comparison]:
     """Prefill (past length 0) and one decode step on the prefill's present key/values; logits at real
     positions (within `tol`) and every present key/value (within `kv_tol`, default `tol`). `label` prefixes each
     check's description."""
@@ -181,10 +158,9 @@ def check_decoder(model: MultimodalModel, path: Path, prompts: Sequence[tuple[li
     got = dict(zip(names, sess.run(names, feed)))
     logits, past = model.decode(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(pos), None)
     real = mask.astype(bool)
-    checks = [Check(DECODER, f"{label}prefill logits ({b} prompts, {x.shape[1]} positions, past 0)",
-                    _max_diff(got.pop("logits"), logits.numpy(), real), tol),
-              Check(DECODER, f"{label}prefill present key/values", _present_diff(got, past, real),
-                    tol if kv_tol is None else kv_tol)]
+    checks = [_compare(DECODER, f"{label}prefill logits ({b} prompts, {x.shape[1]} positions, past 0)",
+                       got.pop("logits"), logits.numpy(), tol, real),
+              _present(got, past, real, f"{label}prefill present key/values", tol if kv_tol is None else kv_tol)]
 
     nxt = logits[:, -1].argmax(-1)[:, None]
     del logits  # all-position logits of a long batch: gigabytes at a large vocabulary
@@ -198,13 +174,13 @@ def check_decoder(model: MultimodalModel, path: Path, prompts: Sequence[tuple[li
     step_got = sess.run(["logits"], feed)[0]
     step_logits, _ = model.decode(torch.from_numpy(step_x), torch.from_numpy(step_mask),
                                   torch.from_numpy(step_pos), past)
-    checks.append(Check(DECODER, f"{label}decode step logits (past {x.shape[1]})",
-                        _max_diff(step_got, step_logits.numpy()), tol))
+    checks.append(_compare(DECODER, f"{label}decode step logits (past {x.shape[1]})", step_got, step_logits.numpy(),
+                           tol))
     return checks
 
 
 def validate_graphs(model: MultimodalModel, directory: str | os.PathLike,
-                    tolerances: dict[str, float] | None = None) -> list[Check]:
+                    tolerances: dict[str, float] | None = None) -> list[Comparison]:
     """Compare vision.onnx, embed.onnx and decoder.onnx in `directory` with `model`; raise on a failed check."""
     tol = {**TOLERANCES, **(tolerances or {})}
     directory = Path(directory)
@@ -220,7 +196,6 @@ def validate_graphs(model: MultimodalModel, directory: str | os.PathLike,
                                 f"past the sliding window ({window}): ", tol[PRESENT])
     failed = [c for c in checks if not c.ok]
     if failed:
-        raise UserError("the exported graphs do not match PyTorch: " + "; ".join(
-            f"{c.graph} {c.what}: max |diff| {c.max_abs_diff:.3g} > {c.tolerance:g}" for c in failed)
-            + ". Nothing was written; report this with the model and the package versions")
+        raise UserError("the exported graphs do not match PyTorch: " + "; ".join(format_comparison(c) for c in failed)
+                        + ". Nothing was written; report this with the model and the package versions")
     return checks

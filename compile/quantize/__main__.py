@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from compile.quantize import INT8_MODES, METHODS, PRECISIONS, QuantSpec, quantize_bundle
+from compile.quantize import INT8_MODES, METHOD_CHOICES, PRECISIONS, QuantSpec, quantize_bundle
 from runtime import cli
+from runtime.compare import Comparison, format_comparison
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-modules", nargs="*", default=(),
                    help="int8-qdq: MatMuls whose node name contains one of these stay float (e.g. down_proj)")
     p.add_argument("--keep-fp32", nargs="*", default=(), help="op types kept in float32 in fp16 graphs")
-    p.add_argument("--method", choices=METHODS, default=d.method,
+    p.add_argument("--method", choices=METHOD_CHOICES, default=d.method,
                    help="int4: gguf (exact GGUF blocks) or rtn (ORT's quantizer); auto: gguf for smol-llava")
     p.add_argument("--gguf", type=Path, help="GGUF for --method gguf (default: the embedded default's)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the source")
@@ -59,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {graph:<8} {g}")
     c = manifest.get("check")
     if c:
-        print(f"  teacher-forced vs source: top-1 agreement {c['top1_agreement']:.3f} over {c['positions']} positions, "
-              f"max |dlogit| {c['max_abs_dlogit']:.3g}, mean NLL {c['mean_nll_source']:.3f} -> {c['mean_nll_new']:.3f}")
+        print(f"  {format_comparison(Comparison.from_dict(c))}; mean NLL {c['mean_nll_source']:.3f} -> "
+              f"{c['mean_nll_new']:.3f}")
     return 0
 
 

@@ -7,14 +7,17 @@ largest |logit difference|, and each side's mean negative log-likelihood of the 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from runtime.compare import Comparison, combine, compare_arrays
 from runtime.generate import BundleGenerator
 
 QUESTIONS = ("What is in the image?", "Describe the picture in one sentence.")
+NAME = "teacher-forced: new bundle vs source"
+WHAT = "image captions and corpus paragraphs"
 
 
 @dataclass(frozen=True)
@@ -24,18 +27,6 @@ class CheckItem:
     text: str
     image: Any = None
     question: str | None = None
-
-
-@dataclass(frozen=True)
-class Agreement:
-    positions: int
-    top1_agreement: float
-    max_abs_dlogit: float
-    mean_nll_source: float
-    mean_nll_new: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def check_items(n_images: int = 4, n_texts: int = 8) -> list[CheckItem]:
@@ -73,10 +64,10 @@ def _nll(z: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logz - z[np.arange(len(targets)), targets]
 
 
-def agreement(source: BundleGenerator, new: BundleGenerator, items: Sequence[CheckItem]) -> Agreement:
-    """Teacher-forced comparison of `new` against `source` on `items` (positions that predict a next token)."""
-    agree = total = 0
-    worst = 0.0
+def agreement(source: BundleGenerator, new: BundleGenerator, items: Sequence[CheckItem]) -> Comparison:
+    """Teacher-forced comparison of `new` against `source` on `items` (positions that predict a next token),
+    with each side's mean NLL of the actual next tokens."""
+    parts: list[Comparison] = []
     nll_s: list[np.ndarray] = []
     nll_n: list[np.ndarray] = []
     for item in items:
@@ -86,10 +77,8 @@ def agreement(source: BundleGenerator, new: BundleGenerator, items: Sequence[Che
             raise ValueError("the two bundles tokenize differently; they are not the same model")
         keep = ids[1:] != source.spec.image_token_id  # positions that predict a text token
         a, b, targets = a[:-1][keep], b[:-1][keep], ids[1:][keep]
-        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-        total += len(targets)
-        worst = max(worst, float(np.abs(a - b).max()))
+        parts.append(compare_arrays(NAME, WHAT, a, b))
         nll_s.append(_nll(a, targets))
         nll_n.append(_nll(b, targets))
-    return Agreement(positions=total, top1_agreement=agree / total if total else float("nan"), max_abs_dlogit=worst,
-                     mean_nll_source=float(np.concatenate(nll_s).mean()), mean_nll_new=float(np.concatenate(nll_n).mean()))
+    return combine(NAME, f"{WHAT} ({len(items)} items)", parts, mean_nll_source=float(np.concatenate(nll_s).mean()),
+                   mean_nll_new=float(np.concatenate(nll_n).mean()))

@@ -34,6 +34,7 @@ from onnx import helper, numpy_helper
 from compile.quantize.derive import copy_graph, derive_bundle
 from compile.quantize.graphs import OFFSETS_SUFFIX, graph_bytes, load_graph, save_graph, unit_of
 from runtime import cli
+from runtime.compare import Comparison, format_comparison
 from runtime.artifacts import sha256_file
 from runtime.bundle import GRAPHS, Bundle
 from runtime.errors import UserError
@@ -463,8 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"MiB, max |GGUF - float32| {g['max_abs_diff_vs_float32']:.3g}")
     c = manifest.get("check")
     if c:
-        print(f"  teacher-forced vs source: top-1 agreement {c['top1_agreement']:.3f} over {c['positions']} positions, "
-              f"max |dlogit| {c['max_abs_dlogit']:.3g}, mean NLL {c['mean_nll_source']:.3f} -> {c['mean_nll_new']:.3f}")
+        print(f"  {format_comparison(Comparison.from_dict(c))}; mean NLL {c['mean_nll_source']:.3f} -> "
+              f"{c['mean_nll_new']:.3f}")
     print(f"int4 (GGUF-exact) bundle written to {args.out}")
     return 0
 

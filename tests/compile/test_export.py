@@ -67,8 +67,8 @@ def test_graph_io_matches_the_bundle_contract(graphs, tiny_llava) -> None:
 def test_graphs_match_pytorch(graphs, tiny_llava) -> None:
     out, _ = graphs
     checks = validate_graphs(tiny_llava, out)
-    print([(c.graph, c.what, f"{c.max_abs_diff:.3g}") for c in checks])
-    assert [c.graph for c in checks] == ["vision", "embed", "decoder", "decoder", "decoder"]
+    print([(c.name, c.what, f"{c.max_abs_diff:.3g}") for c in checks])
+    assert [c.name for c in checks] == ["vision", "embed", "decoder", "decoder", "decoder"]
     assert all(c.ok for c in checks)
     assert checks[1].max_abs_diff == 0.0  # an embedding lookup is exact
     assert all(c.max_abs_diff <= 1e-5 for c in checks)  # fp32 tiny model: rounding only
@@ -115,7 +115,7 @@ def test_validation_catches_graphs_of_another_model(graphs, tmp_path) -> None:
     other = load_model("tiny-random-llava")
     unit = other.mlp_units()[1]
     fold(other, {unit.key: torch.full((unit.width,), 0.9)})
-    with pytest.raises(UserError, match="decoder prefill logits"):
+    with pytest.raises(UserError, match="decoder on prefill logits"):
         validate_graphs(other, graphs[0])
 
 

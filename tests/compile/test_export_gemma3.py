@@ -104,7 +104,7 @@ def test_validation_is_tight_and_runs_past_the_sliding_window(bundle) -> None:
     long = [c for c in checks if c["what"].startswith(f"past the sliding window ({SLIDING_WINDOW})")]
     assert len(long) == 3 and len(checks) == 8 and all(c["ok"] for c in checks)
     assert all(c["max_abs_diff"] <= 1e-5 for c in checks)  # fp32 tiny model: rounding only
-    assert [c["max_abs_diff"] for c in checks if c["graph"] == "embed"] == [0.0]
+    assert [c["max_abs_diff"] for c in checks if c["name"] == "embed"] == [0.0]
     assert {c["tolerance"] for c in checks if "present" in c["what"]} == {5e-3}
     assert {c["tolerance"] for c in checks if "logits" in c["what"]} == {2e-3}
 

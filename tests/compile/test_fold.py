@@ -76,8 +76,8 @@ def test_fold_scales_rows_and_bias_exactly() -> None:
 def test_fold_matches_hooks_and_writes_a_normal_checkpoint(folded_tiny, tiny_experts, tiny_llava) -> None:
     out, manifest = folded_tiny
     f = manifest["fold"]
-    assert f["max_abs_dlogit_vs_hook"] <= 1e-5  # tiny fp32 model: rounding only
-    assert f["max_abs_dlogit_vs_unfolded"] > 1e-2  # the factors really change the model
+    assert f["vs_hook"]["max_abs_diff"] <= 1e-5  # tiny fp32 model: rounding only
+    assert f["vs_unfolded"]["max_abs_diff"] > 1e-2  # the factors really change the model
     assert f["modules"] == 6 and f["units_scaled"] > 0.4 * sum(w for _, w in model_units(tiny_llava))
     assert manifest["kind"] == KIND
     assert manifest["experts"]["manifest_sha256"] == sha256_file(tiny_experts / "manifest.json")
@@ -190,11 +190,11 @@ def test_fold_matches_hooks_on_smol_llava(smol_llava, tmp_path) -> None:
         m.module.load_state_dict(state)
     hook_err = float((hooked32.double() - exact).abs().max())
     fold_err = float((folded32.double() - exact).abs().max())
-    print(f"fp32 fold vs hooks {report32.max_abs_dlogit_vs_hook:.3g} (moved {report32.max_abs_dlogit_vs_unfolded:.3g}, "
-          f"{report32.units_scaled} units, {report32.positions} positions); fp64 fold vs hooks "
-          f"{report64.max_abs_dlogit_vs_hook:.3g}; vs exact: hooks32 {hook_err:.3g}, fold32 {fold_err:.3g}")
-    assert report32.max_abs_dlogit_vs_hook <= 1e-3
-    assert report32.max_abs_dlogit_vs_unfolded > 1.0
-    assert report64.max_abs_dlogit_vs_hook <= 1e-5  # measured 1.9e-6 (2^-19: one fp32 step remains in the path)
+    print(f"fp32 fold vs hooks {report32.vs_hook.max_abs_diff:.3g} (moved {report32.vs_unfolded.max_abs_diff:.3g}, "
+          f"{report32.units_scaled} units, {report32.vs_hook.positions} positions); fp64 fold vs hooks "
+          f"{report64.vs_hook.max_abs_diff:.3g}; vs exact: hooks32 {hook_err:.3g}, fold32 {fold_err:.3g}")
+    assert report32.vs_hook.max_abs_diff <= 1e-3
+    assert report32.vs_unfolded.max_abs_diff > 1.0
+    assert report64.vs_hook.max_abs_diff <= 1e-5  # measured 1.9e-6 (2^-19: one fp32 step remains in the path)
     assert fold_err <= 2 * hook_err
     assert m.fingerprint() == before  # the shared model is restored

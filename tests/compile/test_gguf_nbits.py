@@ -165,8 +165,8 @@ def test_sgm_row_scales_fold_into_the_scales(synthetic):
 
 
 def test_qfold_of_the_converted_graph_equals_converting_the_folded_one(synthetic):
-    """compile.qfold on a GGUF-converted decoder scales MatMulNBits scales and the offsets' columns."""
-    from compile.qfold import fold_graph
+    """compile.quantize.qfold on a GGUF-converted decoder scales MatMulNBits scales and the offsets' columns."""
+    from compile.quantize.qfold import fold_graph
 
     _, hf, weights = synthetic
     alpha = {"layers.0.mlp.gate_proj": np.random.default_rng(4).uniform(0.2, 1, INTER).astype(np.float32)}

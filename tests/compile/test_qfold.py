@@ -1,4 +1,4 @@
-"""Folding commutes with weight quantization, and compile.qfold detoxifies a quantized bundle without
+"""Folding commutes with weight quantization, and compile.quantize.qfold detoxifies a quantized bundle without
 re-quantizing it.
 
 The Must-show test: on tiny-random-llava, quantize(export(fold(model))) and qfold(quantize(export(model)))
@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from calib.experts import build_experts, load_experts, model_info, model_units, save_experts
 from calib.factors import factor_spec
 from calib.intervention import row_scales
-from compile.qfold import KEY, fold_graph, qfold_bundle
+from compile.quantize.qfold import KEY, fold_graph, qfold_bundle
 from compile.quantize import QuantSpec, quantize_bundle
 from compile.quantize.ort_cpu import nbits
 from runtime.errors import UserError

@@ -155,7 +155,7 @@ def test_cli(source: Path, tmp_path: Path):
     done = subprocess.run([sys.executable, "-m", "compile.quantize", "--bundle", str(source), "--out", str(out),
                            "--precision", "int8", "--threads", "1"], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    assert "teacher-forced vs source: top-1 agreement" in done.stdout
+    assert "teacher-forced: new bundle vs source on" in done.stdout and "top-1 agreement" in done.stdout
     assert json.loads((out / "manifest.json").read_text())["precision"]["name"] == "int8"
     bad = subprocess.run([sys.executable, "-m", "compile.quantize", "--bundle", str(source), "--out", str(out),
                           "--precision", "int8", "--block-size", "20"], capture_output=True, text=True, cwd=REPO)

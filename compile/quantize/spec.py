@@ -1,0 +1,54 @@
+"""What to quantize: the precisions, their targets and `QuantSpec`, the settings every method reads."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runtime.errors import UserError
+
+TARGETS = {"int4": "onnxruntime-cpu", "int8": "onnxruntime-cpu", "fp16": "tensorrt", "int4-qdq": "tensorrt",
+           "int8-qdq": "tensorrt"}
+PRECISIONS = tuple(TARGETS)
+FLOAT16 = ("fp16", "int4-qdq")  # precisions whose graphs compute in float16
+INT8_MODES = ("weight-only", "dynamic")
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+METHOD_CHOICES = ("auto", "rtn", "gguf")
+GGUF_PRECISIONS = ("int4", "int4-qdq")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What to quantize and how; defaults are the measured choices (benchmarks/quant_table.py)."""
+
+    precision: str
+    block_size: int = 32
+    accuracy_level: int = 4
+    symmetric: bool = False
+    lm_head: bool = True
+    embeddings: bool = True
+    int8_mode: str = "weight-only"
+    calibration_items: int = 16
+    skip_modules: tuple[str, ...] = ()  # int8-qdq: MatMuls whose node name contains one of these stay float
+    keep_fp32: tuple[str, ...] = ()
+    method: str = "auto"  # int4: "gguf" (exact GGUF blocks), "rtn" (ORT's quantizer); auto: the model's recipe
+    gguf: str | None = None  # the GGUF for method gguf (default: the embedded default's)
+
+    def check(self) -> None:
+        """Refuse bad settings before anything loads."""
+        if self.precision not in TARGETS:
+            raise UserError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise UserError(f"block size must be a power of two >= 16, got {self.block_size}")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise UserError(f"accuracy level must be one of {ACCURACY_LEVELS}, got {self.accuracy_level}")
+        if self.int8_mode not in INT8_MODES:
+            raise UserError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {self.int8_mode!r}")
+        if self.calibration_items < 1:
+            raise UserError("calibration needs at least one item")
+        if self.method not in METHOD_CHOICES:
+            raise UserError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {self.method!r}")
+        if self.method == "gguf" and self.precision not in GGUF_PRECISIONS:
+            raise UserError("GGUF blocks convert exactly only to int4 or int4-qdq")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "keep_fp32": list(self.keep_fp32), "skip_modules": list(self.skip_modules)}

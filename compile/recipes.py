@@ -1,0 +1,117 @@
+"""What compile/ needs to know per model architecture, registered by the zoo's `model_type` (the model's
+config.json), in the spirit of optimum's OnnxConfig registry and onnxruntime-genai's builder: a base recipe for
+the smol-llava family's layout (EfficientNet-Lite0 + projector + a Hugging Face causal LM at
+`module.language_model`) and per-architecture subclasses that override only what differs.
+
+- `smol-llava`: the base, plus its language model's Q4_1 GGUF, so int4 quantizes with the GGUF's own blocks;
+- `gemma-llava`: the base (its GGUF's Q4_K_M blocks have no exact converter: int4 is RTN);
+- `llava` (llava-hf, LlavaForConditionalGeneration): a CLIP vision config, the text config inside the llava
+  config, a bare decoder at `model.language_model` with lm_head beside it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from runtime.errors import UserError
+
+if TYPE_CHECKING:  # the model zoo imports torch; this module does not
+    from calib.models.base import MultimodalModel
+
+RECIPES: dict[str, "Recipe"] = {}
+# llava-hf files beside the weights and tokenizer that transformers' processors read
+_LLAVA_EXTRA_FILES = ("processor_config.json", "chat_template.json", "chat_template.jinja")
+
+
+def register(model_type: str) -> Callable[[type["Recipe"]], type["Recipe"]]:
+    """Class decorator: the recipe for models whose config says `model_type`."""
+
+    def add(cls: type[Recipe]) -> type[Recipe]:
+        RECIPES[model_type] = cls()
+        return cls
+
+    return add
+
+
+def recipe(model_type: str | None) -> "Recipe":
+    """The recipe registered for `model_type`."""
+    if model_type not in RECIPES:
+        raise UserError(f"{model_type!r} models have no compile recipe; export a smol-llava family model "
+                        f"(smol-llava, gemma-llava) or a llava-hf model ({', '.join(sorted(RECIPES))})")
+    return RECIPES[model_type]
+
+
+def recipe_for(model: MultimodalModel) -> "Recipe":
+    """The recipe of a loaded zoo model (by its config's model_type)."""
+    return recipe(model.config_dict().get("model_type"))
+
+
+class Recipe:
+    """The smol-llava family's layout; subclasses override what their architecture does differently."""
+
+    vision: ClassVar[str] = "smol-llava"  # names the vision OnnxConfig (compile.export.configs: sgm-<vision>-vision)
+    gguf_int4: ClassVar[bool] = False  # int4 by default with the GGUF's own blocks (compile.quantize.gguf)
+
+    def text_config(self, model: MultimodalModel) -> Any:
+        """The language model's transformers config."""
+        return model.module.language_model.config
+
+    def causal_lm(self, model: MultimodalModel) -> Any:
+        """The language model as a Hugging Face causal LM (with lm_head), for builders that take one."""
+        return model.module.language_model
+
+    def save_checkpoint(self, model: MultimodalModel, location: Any, out: Path, config: dict[str, Any]) -> None:
+        """Write `model` as a checkpoint of its own type to `out`, with `config` added to its config.json."""
+        model.config.update(config)
+        model.save(out)
+
+
+@register("smol-llava")
+class SmolLlavaRecipe(Recipe):
+    """SmolLM2-135M (llama) + EfficientNet-Lite0; its weights are a Q4_1 GGUF, which int4 keeps exactly."""
+
+    gguf_int4 = True
+
+
+@register("gemma-llava")
+class GemmaLlavaRecipe(Recipe):
+    """Gemma 3 270M (gemma3_text) + EfficientNet-Lite0: the base layout."""
+
+
+@register("llava")
+class LlavaHFRecipe(Recipe):
+    """llava-hf: CLIP + LLaVA projector; the text config and the bare decoder sit inside the llava model."""
+
+    vision = "llava"
+
+    def text_config(self, model: MultimodalModel) -> Any:
+        return model.hf.config.text_config
+
+    def causal_lm(self, model: MultimodalModel) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        module = model.module
+        inner = module.model.language_model if hasattr(module, "model") else module.language_model
+        lm = AutoModelForCausalLM.from_config(inner.config)
+        lm.model.load_state_dict(inner.state_dict())
+        lm.lm_head.load_state_dict(module.lm_head.state_dict())
+        lm.tie_weights()
+        return lm
+
+    def save_checkpoint(self, model: MultimodalModel, location: Any, out: Path, config: dict[str, Any]) -> None:
+        from transformers import AutoImageProcessor
+
+        for key, value in config.items():
+            setattr(model.hf.config, key, value)
+        model.hf.save_pretrained(out, safe_serialization=True)
+        model.tokenizer.save_pretrained(out)
+        try:  # the local copy or the HF cache first, as calib.models.llava loads it
+            processor = AutoImageProcessor.from_pretrained(location, local_files_only=True)
+        except OSError:
+            processor = AutoImageProcessor.from_pretrained(location)
+        processor.save_pretrained(out)
+        if Path(str(location)).is_dir():
+            for name in _LLAVA_EXTRA_FILES:
+                if (Path(location) / name).is_file() and not (out / name).exists():
+                    shutil.copy2(Path(location) / name, out / name)
