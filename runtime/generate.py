@@ -26,7 +26,7 @@ from runtime.bundle import Bundle, load_bundle
 from runtime.errors import UserError
 from runtime.preprocess import preprocess
 from runtime.protocol import GenerationConfig, GenerationRequest, GenerationResult, check_prompts
-from runtime.sampling import request_rng, select
+from runtime.sampling import token_loop
 from runtime.tokenizer import BundleTokenizer
 
 
@@ -77,43 +77,29 @@ def decode_loop(backend: Backend, prompts: Sequence[np.ndarray], config: Generat
         return outs, Timings(sum(t.prefill_s for t in parts), sum(t.decode_s for t in parts),
                              sum(t.decode_steps for t in parts), len(prompts))
     b = len(prompts)
-    eos = frozenset(eos_token_ids)
     embeds, prompt_mask, positions = left_pad(prompts)
     s = prompt_mask.shape[1]
     mask = np.ones((b, s + max(config.max_new_tokens, 1)), dtype=np.int64)
     mask[:, :s] = prompt_mask
-    rngs = [request_rng(config.seed, first_index + i) for i in range(b)]
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    finished = [False] * b
-    reasons = ["length"] * b
     t0 = time.perf_counter()
     logits, cache = backend.decode(embeds, prompt_mask, positions,
                                    backend.empty_cache(b, capacity=s + max(config.max_new_tokens, 1)))
     t1 = time.perf_counter()
     position = positions[:, -1:]
     stepper = backend.token_stepper(cache, mask)
-    steps = 0
-    for n in range(config.max_new_tokens):
-        step = []
-        for i in range(b):
-            t = pad_token_id if finished[i] else select(logits[i], config, rngs[i])
-            if not finished[i]:
-                if t in eos:
-                    finished[i], reasons[i] = True, "eos"
-                else:
-                    tokens[i].append(t)
-            step.append(t)
-        if all(finished) or n == config.max_new_tokens - 1:
-            break
+
+    def step(chosen: list[int]) -> np.ndarray:
+        nonlocal position, cache
         if stepper is not None:
-            logits = stepper(step)
-        else:
-            position = position + 1
-            ids = np.asarray(step, dtype=np.int64)[:, None]
-            logits, cache = backend.decode(backend.embed(ids), mask[:, :cache.length + 1], position, cache)
-        steps += 1
+            return stepper(chosen)
+        position = position + 1
+        ids = np.asarray(chosen, dtype=np.int64)[:, None]
+        out, cache = backend.decode(backend.embed(ids), mask[:, :cache.length + 1], position, cache)
+        return out
+
+    out, steps = token_loop(logits, step, config, eos_token_ids, pad_token_id, first_index)
     timings = Timings(prefill_s=t1 - t0, decode_s=time.perf_counter() - t1, decode_steps=steps, batch=b)
-    return list(zip(tokens, reasons)), timings
+    return out, timings
 
 
 class BundleGenerator:

@@ -1,6 +1,8 @@
 """Next-token selection in numpy, shared by every backend so greedy and seeded sampling agree across them."""
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
 
 from runtime.protocol import GenerationConfig
@@ -30,3 +32,34 @@ def select(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generato
         q[keep] = p[keep]
         p = q / q.sum()
     return int(rng.choice(p.size, p=p))
+
+
+def token_loop(logits: np.ndarray, step: Callable[[list[int]], np.ndarray], config: GenerationConfig,
+               eos_token_ids: Sequence[int], pad_token_id: int,
+               first_index: int = 0) -> tuple[list[tuple[list[int], str]], int]:
+    """The decode loop shared by the PyTorch model and the runtime: from the prefill's last-position logits
+    [b, V], pick each request's token from its own stream `request_rng(seed, first_index + i)`, feed a finished
+    request the pad token, and ask `step(tokens)` for the next logits [b, V] until every request ends or
+    `max_new_tokens` are out. Returns (token ids, finish reason "eos" | "length") per request and the steps run."""
+    b = logits.shape[0]
+    eos = frozenset(eos_token_ids)
+    rngs = [request_rng(config.seed, first_index + i) for i in range(b)]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    finished = [False] * b
+    reasons = ["length"] * b
+    steps = 0
+    for n in range(config.max_new_tokens):
+        chosen = []
+        for i in range(b):
+            t = pad_token_id if finished[i] else select(logits[i], config, rngs[i])
+            if not finished[i]:
+                if t in eos:
+                    finished[i], reasons[i] = True, "eos"
+                else:
+                    tokens[i].append(t)
+            chosen.append(t)
+        if all(finished) or n == config.max_new_tokens - 1:
+            break
+        logits = step(chosen)
+        steps += 1
+    return list(zip(tokens, reasons)), steps

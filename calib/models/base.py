@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,7 +21,7 @@ from runtime.artifacts import sha256_json
 from runtime.errors import UserError
 from runtime.preprocess import ImageSpec, preprocess
 from runtime.protocol import GenerationConfig, GenerationRequest, GenerationResult, check_prompts
-from runtime.sampling import request_rng, select
+from runtime.sampling import token_loop
 
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 IMAGE_PLACEHOLDER = "<image>"
@@ -147,7 +148,8 @@ class MultimodalModel(ABC):
     @torch.no_grad()
     def generate_embeds(self, prompts: Sequence[torch.Tensor], config: GenerationConfig,
                         first_index: int = 0) -> list[GenerationResult]:
-        """KV-cache generation for a batch of prompt embeddings ([s_i, hidden] each), left-padded."""
+        """KV-cache generation for a batch of prompt embeddings ([s_i, hidden] each), left-padded; the tokens are
+        chosen by the runtime's loop (runtime.sampling.token_loop), as a compiled bundle's are."""
         b = len(prompts)
         lengths = [p.shape[0] for p in prompts]
         s = max(lengths)
@@ -158,30 +160,20 @@ class MultimodalModel(ABC):
             embeds[i, s - lengths[i]:] = p
             mask[i, s - lengths[i]:] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        rngs = [request_rng(config.seed, first_index + i) for i in range(b)]
-        tokens: list[list[int]] = [[] for _ in range(b)]
-        finished = [False] * b
-        reasons = ["length"] * b
         logits, past = self.decode(embeds, mask, position_ids, None, logits_to_keep=1)
-        for n in range(config.max_new_tokens):
-            rows = logits[:, -1].float().numpy()
-            step = []
-            for i in range(b):
-                t = self.pad_token_id if finished[i] else select(rows[i], config, rngs[i])
-                if not finished[i]:
-                    if t in self.eos_token_ids:
-                        finished[i], reasons[i] = True, "eos"
-                    else:
-                        tokens[i].append(t)
-                step.append(t)
-            if all(finished) or n == config.max_new_tokens - 1:
-                break
-            ids = torch.tensor(step, dtype=torch.long)[:, None]
+
+        def step(chosen: list[int]) -> np.ndarray:
+            nonlocal mask, position_ids, past
+            ids = torch.tensor(chosen, dtype=torch.long)[:, None]
             mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
             position_ids = position_ids[:, -1:] + 1
-            logits, past = self.decode(self.embed_tokens(ids), mask, position_ids, past, logits_to_keep=1)
+            out, past = self.decode(self.embed_tokens(ids), mask, position_ids, past, logits_to_keep=1)
+            return out[:, -1].float().numpy()
+
+        out, _ = token_loop(logits[:, -1].float().numpy(), step, config, self.eos_token_ids, self.pad_token_id,
+                            first_index)
         return [GenerationResult(self.tokenizer.decode(t, skip_special_tokens=True).strip(), tuple(t), r)
-                for t, r in zip(tokens, reasons)]
+                for t, r in out]
 
     @torch.no_grad()
     def generate(self, requests: Sequence[GenerationRequest], config: GenerationConfig,
