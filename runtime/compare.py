@@ -2,20 +2,19 @@
 transformed self), compared in one format: the largest |difference|, top-1 agreement over the compared positions
 and the first position whose top-1 (or greedy token) differs.
 
-    c = compare_runs("decoder: ONNX vs PyTorch", "2 prompts", run_onnx, run_torch, inputs, tolerance=2e-3)
-    print(format_comparison(c))
+    parts = [compare_arrays("decoder", "prefill logits", run_a(x), run_b(x)) for x in inputs]
+    print(format_comparison(combine("decoder", f"{len(parts)} prompts", parts, tolerance=2e-3)))
 
-Torch-free: runs return numpy arrays [..., V]; export validation, the fold check, quantized agreement and the
-fused decoder check all report through `Comparison`.
+Torch-free: runs give numpy arrays [..., V]. Export validation, the fold check and quantized agreement report a
+`Comparison`; the fused decoder check computes its numbers with these functions.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-T = TypeVar("T")
 ROWS = 64  # rows compared at a time: all-position logits of a long batch over a large vocabulary take gigabytes
 
 
@@ -87,12 +86,6 @@ def combine(name: str, what: str, parts: Iterable[Comparison], tolerance: float 
         worst = max(worst, c.max_abs_diff)
     return Comparison(name, what, positions, worst, agree / positions if positions else float("nan"), first,
                       tolerance, extra)
-
-
-def compare_runs(name: str, what: str, run_a: Callable[[T], np.ndarray], run_b: Callable[[T], np.ndarray],
-                 inputs: Iterable[T], tolerance: float | None = None) -> Comparison:
-    """Run both on every input and compare their outputs (Polygraphy's Comparator over two runners)."""
-    return combine(name, what, [compare_arrays(name, what, run_a(x), run_b(x)) for x in inputs], tolerance)
 
 
 def format_comparison(c: Comparison) -> str:
