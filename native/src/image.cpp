@@ -88,6 +88,23 @@ inline uint8_t clip8(int32_t in) {
   if (in <= 0) return 0;
   return uint8_t(in >> kPrecisionBits);
 }
+// the component count of a JPEG's frame header (SOFn), 0 when the file is no JPEG or has none
+int jpeg_components(const std::string& path) {
+  FILE* f = fopen(path.c_str(), "rb");
+  if (!f) return 0;
+  std::vector<uint8_t> b(1 << 16);
+  size_t n = fread(b.data(), 1, b.size(), f);
+  fclose(f);
+  if (n < 4 || b[0] != 0xFF || b[1] != 0xD8) return 0;
+  for (size_t i = 2; i + 9 < n;) {
+    if (b[i] != 0xFF) return 0;
+    uint8_t m = b[i + 1];
+    size_t len = (size_t(b[i + 2]) << 8) | b[i + 3];
+    if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) return b[i + 9];
+    i += 2 + len;
+  }
+  return 0;
+}
 }  // namespace
 
 RgbImage decode_image(const std::string& path) {
@@ -99,6 +116,8 @@ RgbImage decode_image(const std::string& path) {
     throw refuse(path, std::string("cannot identify image file: ") + stbi_failure_reason());
   }
   check_shape(w, h, path);
+  if (jpeg_components(path) == 4)
+    throw refuse(path, "its mode is CMYK, which needs its colour profile to become RGB; convert it to 8-bit RGB first");
   if (stbi_is_16_bit(path.c_str())) throw refuse(path, "its mode is 16-bit, which would be clipped to white; "
                                                        "convert it to 8-bit RGB first");
   unsigned char* data = stbi_load(path.c_str(), &w, &h, &comp, 3);
@@ -123,19 +142,16 @@ RgbImage pillow_resize(const RgbImage& in, int xsize, int ysize, const std::stri
   int ksh = precompute(in.width, 0, in.width, xsize, filter, support, bh, kh);
   int ksv = precompute(in.height, 0, in.height, ysize, filter, support, bv, kv);
   bool need_h = xsize != in.width, need_v = ysize != in.height;
-  const RgbImage* src = &in;
-  RgbImage tmp;
-  if (need_h) {
-    int ybox_first = need_v ? bv[0] : 0;
-    int ybox_last = need_v ? bv[size_t(ysize) * 2 - 2] + bv[size_t(ysize) * 2 - 1] : in.height;
-    if (need_v)
-      for (int i = 0; i < ysize; i++) bv[size_t(i) * 2] -= ybox_first;
-    tmp.width = xsize;
-    tmp.height = ybox_last - ybox_first;
-    tmp.pixels.resize(size_t(tmp.width) * tmp.height * 3);
-    for (int yy = 0; yy < tmp.height; yy++) {
-      const uint8_t* row = &in.pixels[size_t(yy + ybox_first) * in.width * 3];
-      uint8_t* out = &tmp.pixels[size_t(yy) * xsize * 3];
+  // Pillow 13: when the height shrinks by more than twice what the width does, the vertical pass runs first
+  bool horizontal_first = !((in.height - ysize) > 0 && (in.height - ysize) > (in.width - xsize) * 2);
+  auto horizontal = [&](const RgbImage& src, int first_row, int rows) {
+    RgbImage out;
+    out.width = xsize;
+    out.height = rows;
+    out.pixels.resize(size_t(xsize) * rows * 3);
+    for (int yy = 0; yy < rows; yy++) {
+      const uint8_t* row = &src.pixels[size_t(yy + first_row) * src.width * 3];
+      uint8_t* o = &out.pixels[size_t(yy) * xsize * 3];
       for (int xx = 0; xx < xsize; xx++) {
         int xmin = bh[size_t(xx) * 2], xmax = bh[size_t(xx) * 2 + 1];
         const int32_t* k = &kh[size_t(xx) * ksh];
@@ -144,29 +160,40 @@ RgbImage pillow_resize(const RgbImage& in, int xsize, int ysize, const std::stri
           const uint8_t* p = row + size_t(x + xmin) * 3;
           s0 += p[0] * k[x]; s1 += p[1] * k[x]; s2 += p[2] * k[x];
         }
-        out[xx * 3] = clip8(s0); out[xx * 3 + 1] = clip8(s1); out[xx * 3 + 2] = clip8(s2);
+        o[xx * 3] = clip8(s0); o[xx * 3 + 1] = clip8(s1); o[xx * 3 + 2] = clip8(s2);
       }
     }
-    src = &tmp;
-  }
-  if (!need_v) return *src;
-  RgbImage out;
-  out.width = xsize;
-  out.height = ysize;
-  out.pixels.resize(size_t(xsize) * ysize * 3);
-  for (int yy = 0; yy < ysize; yy++) {
-    const int32_t* k = &kv[size_t(yy) * ksv];
-    int ymin = bv[size_t(yy) * 2], ymax = bv[size_t(yy) * 2 + 1];
-    for (int xx = 0; xx < xsize; xx++) {
-      int32_t s[3] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1)};
-      for (int y = 0; y < ymax; y++) {
-        const uint8_t* p = &src->pixels[(size_t(y + ymin) * src->width + xx) * 3];
-        for (int c = 0; c < 3; c++) s[c] += p[c] * k[y];
+    return out;
+  };
+  auto vertical = [&](const RgbImage& src) {
+    RgbImage out;
+    out.width = src.width;
+    out.height = ysize;
+    out.pixels.resize(size_t(src.width) * ysize * 3);
+    for (int yy = 0; yy < ysize; yy++) {
+      const int32_t* k = &kv[size_t(yy) * ksv];
+      int ymin = bv[size_t(yy) * 2], ymax = bv[size_t(yy) * 2 + 1];
+      for (int xx = 0; xx < src.width; xx++) {
+        int32_t s[3] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1)};
+        for (int y = 0; y < ymax; y++) {
+          const uint8_t* p = &src.pixels[(size_t(y + ymin) * src.width + xx) * 3];
+          for (int c = 0; c < 3; c++) s[c] += p[c] * k[y];
+        }
+        for (int c = 0; c < 3; c++) out.pixels[(size_t(yy) * src.width + xx) * 3 + c] = clip8(s[c]);
       }
-      for (int c = 0; c < 3; c++) out.pixels[(size_t(yy) * xsize + xx) * 3 + c] = clip8(s[c]);
     }
+    return out;
+  };
+  if (!horizontal_first) {
+    RgbImage v = need_v ? vertical(in) : in;
+    return need_h ? horizontal(v, 0, v.height) : v;
   }
-  return out;
+  if (!need_h) return vertical(in);
+  // only the rows the vertical pass reads are resampled horizontally; its bounds shift by the first one
+  int ybox_first = bv[0], ybox_last = bv[size_t(ysize) * 2 - 2] + bv[size_t(ysize) * 2 - 1];
+  for (int i = 0; i < ysize; i++) bv[size_t(i) * 2] -= ybox_first;
+  RgbImage h = horizontal(in, ybox_first, ybox_last - ybox_first);
+  return need_v ? vertical(h) : h;
 }
 
 std::vector<float> preprocess_rgb(const RgbImage& image, const ImageSpec& spec) {
