@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                                         "needs torch")
     source.add_argument("--bundle", type=Path, help="compiled bundle directory (python -m compile.export), run by "
                                                     "the torch-free runtime on ONNX Runtime")
+    r.add_argument("--native", action="store_true", help="run the --bundle through the native host sgm-run (native/, "
+                                                          "built by CMake; runtime.native) instead of the Python runtime")
     r.add_argument("--out", required=True, type=Path, help="run directory (reused to resume)")
     r.add_argument("--dataset", help="an MM-TOXIC-QA dataset directory (default: the default build, in the cache), "
                                      "or your own set: rtp:FILE.jsonl (RealToxicityPrompts as chat requests; rtp-continuation:FILE.jsonl "
@@ -91,7 +93,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                             judge=args.judge, ppl=not args.no_ppl, ppl_corpus=args.ppl_corpus,
                             ppl_texts=args.ppl_texts, reference_model=args.reference_model,
                             progress=not args.no_progress, system_prompt=system_prompt_text(args.system_prompt))
-    return evaluate(args.out, evaluation, bundle=args.bundle, model=args.model)
+    return evaluate(args.out, evaluation, bundle=args.bundle, model=args.model, native=args.native)
 
 
 def _compare(args: argparse.Namespace) -> None:

@@ -57,8 +57,13 @@ def load_model(name: str) -> Generator:
     return load_generator(name)
 
 
-def load_bundle(directory: Path) -> Generator:
-    """A compiled bundle through the torch-free runtime (ONNX Runtime, CPU)."""
+def load_bundle(directory: Path, native: bool = False) -> Generator:
+    """A compiled bundle through the torch-free runtime (ONNX Runtime, CPU), or with `native` through the native
+    host sgm-run (runtime.native: the program that ships to the device)."""
+    if native:
+        from runtime.native import NativeGenerator
+
+        return NativeGenerator.open(directory)
     from runtime.generate import BundleGenerator
 
     return BundleGenerator.open(directory)
@@ -120,11 +125,13 @@ def dataset_record(root: Path | Mapping[str, Any], split: str, conditions: Seque
 
 
 def evaluate(out: Path, evaluation: Evaluation = Evaluation(), *, bundle: Path | None = None,
-             model: str | None = None) -> dict[str, Any]:
+             model: str | None = None, native: bool = False) -> dict[str, Any]:
     """Run MM-TOXIC-QA on `bundle` (the torch-free runtime) or `model` (the PyTorch zoo) into `out`; returns the
     report. The settings, items, corpus and judge are checked and loaded before the model."""
     if (bundle is None) == (model is None):
         raise UserError("evaluate one source: a --bundle or a --model")
+    if native and bundle is None:
+        raise UserError("--native runs a compiled bundle: give --bundle, not --model")
     ev = evaluation
     ev.settings.check()
     selected, provenance = load_spec(parse_dataset(ev.dataset), ev.split, ev.conditions)
@@ -133,7 +140,7 @@ def evaluate(out: Path, evaluation: Evaluation = Evaluation(), *, bundle: Path |
     ppl_texts = corpus.load_corpus(ppl_path, n_texts=ev.ppl_texts) if ppl_path is not None else None
     ppl_info = corpus.corpus_info(ppl_path, ppl_texts) if ppl_texts else None
     judge = load_judge(ev.judge)
-    generator = load_bundle(bundle) if bundle is not None else load_model(model)
+    generator = load_bundle(bundle, native) if bundle is not None else load_model(model)
     if ev.system_prompt:
         generator = SystemPrompted(generator, ev.system_prompt)
     reference = load_model(ev.reference_model) if ev.reference_model else None

@@ -296,3 +296,53 @@ def test_smol_llava_seeded_sampling_equal_python(smol_bundle: Path):
 @pytest.mark.slow
 def test_smol_llava_tokenizer_on_real_text(smol_bundle: Path, shared_data: Path):
     assert check_tokenizer(smol_bundle / "tokenizer.json", tokenizer_lines(shared_data)) > 1_000_000
+
+
+class KeywordJudge:
+    """A stand-in toxicity judge (the real one needs its weights): P(toxic) 0.9 for a response with "the", else 0.1."""
+
+    name = "keyword"
+    threshold = 0.5
+
+    def score(self, texts):
+        return np.array([0.9 if " the " in f" {t} " else 0.1 for t in texts])
+
+    def describe(self):
+        return {"name": self.name, "threshold": self.threshold}
+
+
+def test_mmtoxicqa_run_native_equals_python_and_passes_check(tiny_bundle: Path, tmp_path: Path, monkeypatch):
+    """`runtime.mmtoxicqa run --bundle B --native` answers every item as the Python runtime does (sampled and greedy
+    conditions, images), and its report passes runtime.check against the Python run's."""
+    from runtime import check
+    from runtime.mmtoxicqa import __main__ as cli
+    from runtime.mmtoxicqa import evaluate
+    from runtime.mmtoxicqa.builder import BuildConfig, build_dataset
+
+    dataset = build_dataset(tmp_path / "ds", BuildConfig(seed=0, eval_size=3, calib_size=3))
+    monkeypatch.setattr(evaluate, "load_judge", lambda name: KeywordJudge())
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat and looked at the door of the old house, waiting for the rain to stop "
+                      "before it went out again.\n" * 2)
+    runs = {}
+    for name, extra in (("python", []), ("native", ["--native"])):
+        runs[name] = tmp_path / name
+        argv = ["run", "--bundle", str(tiny_bundle), *extra, "--out", str(runs[name]), "--dataset", str(dataset),
+                "--samples", "2", "--max-new-tokens", "12", "--ppl-corpus", str(corpus), "--no-progress"]
+        assert cli.main(argv) == 0
+    gens = {k: [json.loads(line) for line in (v / "generations.jsonl").read_text().splitlines()] for k, v in runs.items()}
+    assert len(gens["native"]) == len(gens["python"]) >= 18
+    for a, b in zip(gens["python"], gens["native"]):
+        assert {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}
+    reports = {k: json.loads((v / "report.json").read_text()) for k, v in runs.items()}
+    assert reports["native"]["model"]["backend"] == "native"
+    assert reports["native"]["perplexity"] == pytest.approx(reports["python"]["perplexity"], rel=1e-6)
+    assert check.main(["--report", str(runs["native"] / "report.json"),
+                       "--baseline", str(runs["python"] / "report.json")]) == 0
+
+
+def test_native_flag_needs_a_bundle(tmp_path: Path, capsys):
+    from runtime.mmtoxicqa import __main__ as cli
+
+    assert cli.main(["run", "--model", "tiny-random-llava", "--native", "--out", str(tmp_path / "r")]) == 2
+    assert "--native runs a compiled bundle" in capsys.readouterr().err
