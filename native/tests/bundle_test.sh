@@ -13,8 +13,8 @@ fi
 out="$(printf '%s\n' '{"id":1,"prompt":"Hi","max_new_tokens":3}' 'not json' '{"id":2,"prompt":"Hi","colour":"red"}' \
   '{"id":3,"prompt":"Hi","image":"/nonexistent.png"}' '{"id":4,"prompt":"Hi","max_new_tokens":3}' \
   | "$host" serve --bundle "$bundle" --threads 1)"
-[ "$(echo "$out" | wc -l)" = 5 ]
-echo "$out" | sed -n 2p | grep -q '"id":1,.*"token_ids"' || echo "$out" | sed -n 2p | grep -q '"token_ids"'
+[ "$(echo "$out" | wc -l)" = 6 ]  # the ready line, then one line per request
+echo "$out" | sed -n 2p | grep -q "\"id\":1.*\"token_ids\"\|\"token_ids\".*\"id\":1"
 echo "$out" | sed -n 3p | grep -q 'not valid JSON'
 echo "$out" | sed -n 4p | grep -q "unknown field 'colour'"
 echo "$out" | sed -n 5p | grep -q 'does not exist'

@@ -346,3 +346,14 @@ def test_native_flag_needs_a_bundle(tmp_path: Path, capsys):
 
     assert cli.main(["run", "--model", "tiny-random-llava", "--native", "--out", str(tmp_path / "r")]) == 2
     assert "--native runs a compiled bundle" in capsys.readouterr().err
+
+
+def test_ctest_suite_on_the_tiny_bundle(tiny_bundle: Path):
+    """The CMake build's own tests (unit, and bundle with $SGM_TEST_BUNDLE set) pass from build-native/."""
+    build = HOST.parent
+    if not (build / "CTestTestfile.cmake").is_file():
+        pytest.skip(f"{build} is not a CMake build directory (the host came from $SGM_NATIVE_HOST)")
+    p = subprocess.run(["ctest", "--test-dir", str(build), "--output-on-failure"], capture_output=True, text=True,
+                       env={**os.environ, "SGM_TEST_BUNDLE": str(tiny_bundle)})
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "100% tests passed" in p.stdout and "Skipped" not in p.stdout
