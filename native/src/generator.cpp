@@ -303,7 +303,7 @@ GenerationResult Generator::generate(const std::vector<int64_t>& ids, const RgbI
                 std::to_string(std::max<int64_t>(*spec.context_length - config.max_new_tokens, 0)) +
                 " tokens or lower max_new_tokens");
   for (int64_t t : ids)
-    if (t < 0 || t >= spec.vocab_size) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+    if (t != spec.image_token_id && (t < 0 || t >= spec.vocab_size)) throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
                                                    std::to_string(spec.vocab_size - 1) + ")");
   GenerationResult result;
   result.prompt_tokens = int(ids.size());
@@ -334,6 +334,7 @@ GenerationResult Generator::generate(const std::vector<int64_t>& ids, const RgbI
       const FusedDecoderSpec& f = *spec.fused_decoder;
       if (!io) {
         io = std::make_unique<Ort::IoBinding>(*m.fused);
+        io->BindOutput(f.logits.c_str(), mem);  // first: GetOutputValues keeps the binding order
         std::vector<int64_t> kshape{1, kvh, f.kv_buffer == "shared" ? capacity : 0, hd};
         for (size_t i = 0; i < m.fpast.size(); i++) {
           Ort::Value buf = Ort::Value::CreateTensor(alloc, kshape.data(), kshape.size(), m.kv_type);
@@ -346,7 +347,6 @@ GenerationResult Generator::generate(const std::vector<int64_t>& ids, const RgbI
           }
           kv.push_back(std::move(buf));
         }
-        io->BindOutput(f.logits.c_str(), mem);
       }
       io->BindInput(f.inputs_embeds.c_str(), xe);
       io->BindInput(f.attention_mask.c_str(), xm);
