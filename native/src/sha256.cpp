@@ -1,4 +1,6 @@
 // sha256 (FIPS 180-4), streamed over files: the manifest check of runtime/artifacts.py.
+#include <dlfcn.h>
+
 #include <cstdio>
 #include <cstring>
 
@@ -76,12 +78,55 @@ std::string sha256_hex(const void* data, size_t n) {
   return s.hex();
 }
 
+namespace {
+// OpenSSL's libcrypto when the system has it (loaded at run time, no headers or link dependency): its SHA-NI/AVX2
+// code hashes a bundle's graphs several times faster than the portable code above, which stays the fallback
+struct Crypto {
+  void* (*ctx_new)() = nullptr;
+  void (*ctx_free)(void*) = nullptr;
+  const void* (*sha256)() = nullptr;
+  int (*init)(void*, const void*, void*) = nullptr;
+  int (*update)(void*, const void*, size_t) = nullptr;
+  int (*final)(void*, unsigned char*, unsigned int*) = nullptr;
+  bool ok = false;
+  Crypto() {
+    void* h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return;
+    ctx_new = reinterpret_cast<void* (*)()>(dlsym(h, "EVP_MD_CTX_new"));
+    ctx_free = reinterpret_cast<void (*)(void*)>(dlsym(h, "EVP_MD_CTX_free"));
+    sha256 = reinterpret_cast<const void* (*)()>(dlsym(h, "EVP_sha256"));
+    init = reinterpret_cast<int (*)(void*, const void*, void*)>(dlsym(h, "EVP_DigestInit_ex"));
+    update = reinterpret_cast<int (*)(void*, const void*, size_t)>(dlsym(h, "EVP_DigestUpdate"));
+    final = reinterpret_cast<int (*)(void*, unsigned char*, unsigned int*)>(dlsym(h, "EVP_DigestFinal_ex"));
+    ok = ctx_new && ctx_free && sha256 && init && update && final;
+  }
+};
+}  // namespace
+
 std::string sha256_file(const std::string& path) {
+  static const Crypto crypto;
   FILE* f = fopen(path.c_str(), "rb");
   if (!f) throw Error("cannot read " + path);
-  Sha256 s;
   std::vector<uint8_t> buf(1 << 20);
   size_t n;
+  if (crypto.ok && !getenv("SGM_PORTABLE_SHA256")) {
+    void* ctx = crypto.ctx_new();
+    bool good = ctx && crypto.init(ctx, crypto.sha256(), nullptr) == 1;
+    while (good && (n = fread(buf.data(), 1, buf.size(), f)) > 0) good = crypto.update(ctx, buf.data(), n) == 1;
+    unsigned char md[32];
+    unsigned int len = 0;
+    good = good && crypto.final(ctx, md, &len) == 1 && len == 32;
+    if (ctx) crypto.ctx_free(ctx);
+    if (good) {
+      fclose(f);
+      static const char* digits = "0123456789abcdef";
+      std::string out;
+      for (unsigned char c : md) { out += digits[c >> 4]; out += digits[c & 15]; }
+      return out;
+    }
+    rewind(f);
+  }
+  Sha256 s;
   while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) s.update(buf.data(), n);
   fclose(f);
   return s.hex();

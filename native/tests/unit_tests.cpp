@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
+#include <unistd.h>
 
 #include "sgm.h"
 
@@ -23,6 +25,21 @@ int main() {
   for (int r = 0; r < 300; r++)
     for (int b = 0; b < 256; b++) big += char(b);
   CHECK(sha256_hex(big.data(), big.size()) == "f8b0585eb91f58c007a5634362c9f90d8543822c113f702523bc7b73408a9392");
+
+  // files: through libcrypto when the system has it, and the portable code
+  {
+    char path[] = "/tmp/sgm-unit-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    FILE* f = fdopen(fd, "wb");
+    fwrite(big.data(), 1, big.size(), f);
+    fclose(f);
+    CHECK(sha256_file(path) == sha256_hex(big.data(), big.size()));
+    setenv("SGM_PORTABLE_SHA256", "1", 1);
+    CHECK(sha256_file(path) == sha256_hex(big.data(), big.size()));
+    unsetenv("SGM_PORTABLE_SHA256");
+    remove(path);
+  }
 
   // numpy.random.default_rng([seed, index])
   NumpyRng r0(0, 0);
