@@ -92,6 +92,7 @@ struct Generator::Impl {
   ONNXTensorElementDataType embeds_type{}, kv_type{}, vision_type{};
   std::unordered_map<int64_t, std::vector<float>> rows;  // embedding rows seen (the embed graph is a lookup)
   int threads = 1;
+  int64_t fused_vocab = 0;  // > 0: the fused decoder's logits are [b, 1, fused_vocab] float32
 
   std::unique_ptr<Ort::Session> open(const std::string& graph, const std::string& what) {
     std::string path = bundle.graph_path(graph);
@@ -245,6 +246,13 @@ Generator::Generator(const std::string& bundle_dir, const GeneratorOptions& opti
     m.check_io(*m.fused, "fused_decoder", in, out);
     m.embeds_type = input_type(*m.fused, f.inputs_embeds);
     m.kv_type = input_type(*m.fused, m.fpast[0]);
+    auto names = names_of(*m.fused, false);
+    size_t li = size_t(std::find(names.begin(), names.end(), f.logits) - names.begin());
+    auto info = m.fused->GetOutputTypeInfo(li).GetTensorTypeAndShapeInfo();
+    auto shape = info.GetShape();
+    if (info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && shape.size() == 3 && shape[1] == 1 &&
+        shape[2] > 0)
+      m.fused_vocab = shape[2];  // [b, 1, V]: written into one buffer bound for the whole generation
   } else {
     Ort::Session& d = m.standard_decoder();
     m.embeds_type = input_type(d, spec.decoder.inputs_embeds);
@@ -324,6 +332,9 @@ GenerationResult Generator::generate(const std::vector<int64_t>& ids, const RgbI
   // fused decoder state: one shared buffer per layer and kind, bound as past and present
   std::unique_ptr<Ort::IoBinding> io;
   Ort::AllocatorWithDefaultOptions alloc;
+  const bool bound_logits = m.use_fused && m.fused_vocab > 0 && spec.fused_decoder->kv_buffer == "shared";
+  std::vector<float> logits_buffer;
+  Ort::Value logits_value{nullptr};
 
   auto run = [&](const std::vector<float>& x, int64_t n) {  // n new positions of embeddings x
     std::vector<int64_t> eshape{1, n, h};
@@ -334,7 +345,15 @@ GenerationResult Generator::generate(const std::vector<int64_t>& ids, const RgbI
       const FusedDecoderSpec& f = *spec.fused_decoder;
       if (!io) {
         io = std::make_unique<Ort::IoBinding>(*m.fused);
-        io->BindOutput(f.logits.c_str(), mem);  // first: GetOutputValues keeps the binding order
+        if (bound_logits) {
+          std::vector<int64_t> lshape{1, 1, m.fused_vocab};
+          logits_buffer.assign(size_t(m.fused_vocab), 0.f);
+          logits_value = Ort::Value::CreateTensor<float>(mem, logits_buffer.data(), logits_buffer.size(),
+                                                         lshape.data(), 3);
+          io->BindOutput(f.logits.c_str(), logits_value);
+        } else {
+          io->BindOutput(f.logits.c_str(), mem);  // first: GetOutputValues keeps the binding order
+        }
         std::vector<int64_t> kshape{1, kvh, f.kv_buffer == "shared" ? capacity : 0, hd};
         for (size_t i = 0; i < m.fpast.size(); i++) {
           Ort::Value buf = Ort::Value::CreateTensor(alloc, kshape.data(), kshape.size(), m.kv_type);
@@ -351,6 +370,12 @@ GenerationResult Generator::generate(const std::vector<int64_t>& ids, const RgbI
       io->BindInput(f.inputs_embeds.c_str(), xe);
       io->BindInput(f.attention_mask.c_str(), xm);
       m.fused->Run(run_options, *io);
+      if (bound_logits) {  // the step's logits are in the bound buffer; no output is wrapped or read back
+        vocab = logits_buffer.size();
+        logits.assign(logits_buffer.begin(), logits_buffer.end());
+        length += n;
+        return;
+      }
       auto outs = io->GetOutputValues();
       auto lshape = outs[0].GetTensorTypeAndShapeInfo().GetShape();
       vocab = size_t(lshape.back());

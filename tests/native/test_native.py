@@ -357,3 +357,51 @@ def test_ctest_suite_on_the_tiny_bundle(tiny_bundle: Path):
                        env={**os.environ, "SGM_TEST_BUNDLE": str(tiny_bundle)})
     assert p.returncode == 0, p.stdout[-3000:]
     assert "100% tests passed" in p.stdout and "Skipped" not in p.stdout
+
+
+def derived_bundle(tmp_path_factory, env: str, name: str, command: list[str]) -> Path:
+    given = os.environ.get(env)
+    if given:
+        return Path(given)
+    out = tmp_path_factory.mktemp("native-bundles") / name
+    p = subprocess.run([sys.executable, "-m", *command, "--out", str(out)], cwd=Path(__file__).resolve().parents[2],
+                       capture_output=True, text=True, timeout=3600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, f"{command[0]} failed:\n{p.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_int4_bundle(tmp_path_factory, smol_bundle: Path) -> Path:
+    """smol-llava's int4 bundle ($SGM_NATIVE_SMOL_INT4_BUNDLE, or compile.quantize of the fp32 one)."""
+    return derived_bundle(tmp_path_factory, "SGM_NATIVE_SMOL_INT4_BUNDLE", "smol-llava-int4",
+                          ["compile.quantize", "--bundle", str(smol_bundle), "--precision", "int4"])
+
+
+@pytest.fixture(scope="session")
+def smol_fused_bundle(tmp_path_factory, smol_bundle: Path) -> Path:
+    """smol-llava's fp32 bundle with the fused decoder ($SGM_NATIVE_SMOL_FUSED_BUNDLE, or compile.fused; skipped
+    when onnxruntime-genai's builder is not installed)."""
+    if not os.environ.get("SGM_NATIVE_SMOL_FUSED_BUNDLE"):
+        pytest.importorskip("onnxruntime_genai", reason="compile.fused needs onnxruntime-genai's builder")
+    return derived_bundle(tmp_path_factory, "SGM_NATIVE_SMOL_FUSED_BUNDLE", "smol-llava-fused",
+                          ["compile.fused", "--bundle", str(smol_bundle), "--checkpoint", "smol-llava"])
+
+
+SUBSET = [0, 3, 6, 9, 11, 12, 14, 16]  # 5 text and 3 image requests
+
+
+@pytest.mark.slow
+def test_smol_llava_int4_greedy_tokens_equal_python(smol_int4_bundle: Path):
+    reqs = requests()
+    compare(smol_int4_bundle, [reqs[i] for i in SUBSET], GenerationConfig(max_new_tokens=64))
+
+
+@pytest.mark.slow
+def test_smol_llava_fused_decoder_tokens_equal_python(smol_fused_bundle: Path):
+    """The fused decoder (GroupQueryAttention, one shared key/value buffer per layer bound as past and present):
+    greedy and seeded top-p tokens equal the Python runtime's fused path."""
+    reqs = [requests()[i] for i in SUBSET]
+    with NativeGenerator.open(smol_fused_bundle) as native:
+        assert native.describe()["decoder"] == "fused"
+    compare(smol_fused_bundle, reqs, GenerationConfig(max_new_tokens=64))
+    compare(smol_fused_bundle, reqs[:4], GenerationConfig(max_new_tokens=32, do_sample=True, top_p=0.9, seed=1))
