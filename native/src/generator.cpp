@@ -435,7 +435,7 @@ GenerationResult Generator::generate(const std::vector<int64_t>& ids, const RgbI
   result.finish_reason = "length";
   for (int n = 0; n < config.max_new_tokens; n++) {
     int64_t t = select_token(logits.data(), vocab, config, &rng);
-    if (eos.count(t)) { result.finish_reason = "eos"; break; }
+    if (!config.ignore_eos && eos.count(t)) { result.finish_reason = "eos"; break; }
     result.token_ids.push_back(t);
     if (n == config.max_new_tokens - 1) break;
     run(m.embed_ids({t}), 1);

@@ -5,7 +5,7 @@
 // request fields: id (any JSON, echoed), prompt (text) or token_ids (prompt ids as is), image (file path or null),
 // chat (default true), max_new_tokens (64), do_sample (false), temperature (1.0), top_p (1.0), seed (0),
 // index (the request's random stream, runtime.sampling.request_rng(seed, index); 0), or nll (a text to score
-// teacher-forced, with max_length 512) instead of a generation.
+// teacher-forced, with max_length 512) instead of a generation; ignore_eos (false: benchmarks decode max_new_tokens).
 #include <algorithm>
 #include <optional>
 
@@ -14,7 +14,7 @@
 namespace sgm {
 namespace {
 const char* kFields[] = {"id", "prompt", "token_ids", "image", "chat", "max_new_tokens", "do_sample", "temperature",
-                         "top_p", "seed", "index", "nll", "max_length"};
+                         "top_p", "seed", "index", "nll", "max_length", "ignore_eos"};
 
 template <typename T>
 T get(const json& req, const char* key, T fallback, json::value_t kind) {
@@ -72,6 +72,7 @@ std::string serve_line(Generator& gen, const std::string& line) {
     if (config.seed < 0 || index < 0) throw Error("fields 'seed' and 'index' must be >= 0");
     if (config.temperature <= 0 || !(config.top_p > 0 && config.top_p <= 1))
       throw Error("temperature must be > 0 and top_p in (0, 1]");
+    config.ignore_eos = get<bool>(req, "ignore_eos", false, json::value_t::boolean);
     bool chat = get<bool>(req, "chat", true, json::value_t::boolean);
     std::string image_path = get<std::string>(req, "image", "", json::value_t::string);
     std::optional<RgbImage> image;

@@ -160,6 +160,7 @@ struct GenerationConfig {
   double temperature = 1.0;
   double top_p = 1.0;
   int64_t seed = 0;
+  bool ignore_eos = false;  // decode max_new_tokens whatever comes (benchmarks: every runner decodes as many)
 };
 
 int64_t select_token(const float* logits, size_t n, const GenerationConfig& config, NumpyRng* rng);
