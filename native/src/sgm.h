@@ -116,6 +116,9 @@ class Tokenizer {
   bool byte_level_ = false, add_prefix_space_ = false, use_regex_ = true, individual_digits_ = false,
        digits_ = false;
   bool byte_fallback_ = false;
+  std::vector<std::pair<std::string, std::string>> replaces_;  // normalizer: Replace steps (string patterns)
+  std::string split_pattern_, split_behavior_;                // pre-tokenizer Split on a string (none: empty)
+  std::unordered_map<unsigned char, std::vector<size_t>> added_by_first_byte_;
   std::optional<int64_t> unk_;
   std::vector<std::vector<int64_t>> template_;  // post-processor: items of "single"; {-1} stands for the sequence
   bool has_template_ = false;

@@ -160,7 +160,7 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
   json t = read_json_file(path);
   Tokenizer tok;
   auto refuse = [&](const std::string& what) {
-    throw Error(path + ": " + what + " is not supported by the native tokenizer (byte-level BPE only); use the "
+    throw Error(path + ": " + what + " is not supported by the native tokenizer (BPE: byte-level, or SentencePiece-style with byte fallback); use the "
                 "Python runtime for this bundle");
   };
   const json& model = t.at("model");
@@ -205,11 +205,25 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
     tok.id_to_token_[size_t(ad.id)] = ad.content;
     tok.added_.push_back(ad);
   }
-  // normalizer: none (or an empty sequence)
+  for (size_t i = 0; i < tok.added_.size(); i++)
+    if (!tok.added_[i].content.empty())
+      tok.added_by_first_byte_[static_cast<unsigned char>(tok.added_[i].content[0])].push_back(i);
+  // normalizer: none, or Replace steps on strings (gemma's " " -> "\u2581")
   const json& norm = t.value("normalizer", json());
-  if (!norm.is_null() && !(norm.value("type", std::string()) == "Sequence" && norm.value("normalizers", json::array()).empty()))
-    refuse("normalizer " + norm.value("type", json()).dump());
-  // pre-tokenizer: ByteLevel, optionally after Digits
+  if (!norm.is_null()) {
+    std::vector<json> steps;
+    if (norm.value("type", std::string()) == "Sequence") for (const auto& n : norm.at("normalizers")) steps.push_back(n);
+    else steps.push_back(norm);
+    for (const auto& n : steps) {
+      if (n.value("type", std::string()) != "Replace" || !n.at("pattern").contains("String"))
+        refuse("normalizer " + n.value("type", json()).dump());
+      tok.replaces_.emplace_back(n["pattern"]["String"].get<std::string>(), n.at("content").get<std::string>());
+    }
+    for (const auto& a : t.value("added_tokens", json::array()))
+      if (!tok.replaces_.empty() && a.value("normalized", false))
+        refuse("an added token matched after normalization ('" + a.value("content", std::string()) + "')");
+  }
+  // pre-tokenizer: ByteLevel (optionally after Digits), or a Split on a string, or none
   const json& pre = t.value("pre_tokenizer", json());
   std::vector<json> steps;
   if (!pre.is_null()) {
@@ -225,11 +239,18 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
     } else if (type == "Digits" && i == 0) {
       tok.digits_ = true;
       tok.individual_digits_ = steps[i].value("individual_digits", false);
+    } else if (type == "Split" && steps.size() == 1 && steps[i].at("pattern").contains("String") &&
+               !steps[i].value("invert", false)) {
+      tok.split_pattern_ = steps[i]["pattern"]["String"].get<std::string>();
+      tok.split_behavior_ = steps[i].value("behavior", std::string());
+      if (tok.split_pattern_.empty() || (tok.split_behavior_ != "Removed" && tok.split_behavior_ != "Isolated" &&
+                                         tok.split_behavior_ != "MergedWithPrevious" &&
+                                         tok.split_behavior_ != "MergedWithNext"))
+        refuse("Split behavior " + tok.split_behavior_);
     } else {
       refuse("pre-tokenizer " + type + (type == "ByteLevel" ? " before another one" : ""));
     }
   }
-  if (!tok.byte_level_) refuse("a tokenizer without the ByteLevel pre-tokenizer");
   // post-processor: TemplateProcessing (single) or ByteLevel or none
   const json& post = t.value("post_processor", json());
   std::vector<json> posts;
@@ -322,8 +343,44 @@ void Tokenizer::bpe(const std::string& piece, std::vector<int64_t>& out) const {
   out.insert(out.end(), word.begin(), word.end());
 }
 
-void Tokenizer::encode_segment(const std::string& text, std::vector<int64_t>& out) const {
-  std::vector<std::string> pieces{text};
+void Tokenizer::encode_segment(const std::string& raw, std::vector<int64_t>& out) const {
+  std::string text = raw;
+  for (const auto& [from, to] : replaces_) {
+    std::string r;
+    size_t pos = 0, hit;
+    while ((hit = text.find(from, pos)) != std::string::npos) {
+      r += text.substr(pos, hit - pos) + to;
+      pos = hit + from.size();
+    }
+    text = r + text.substr(pos);
+  }
+  std::vector<std::string> pieces;
+  if (!split_pattern_.empty()) {
+    const std::string& d = split_pattern_;
+    size_t pos = 0, hit;
+    std::string carry;  // MergedWithNext: the delimiter waiting for the next piece
+    while ((hit = text.find(d, pos)) != std::string::npos) {
+      std::string before = carry + text.substr(pos, hit - pos);
+      carry.clear();
+      if (split_behavior_ == "MergedWithPrevious") pieces.push_back(before + d);
+      else {
+        if (!before.empty()) pieces.push_back(before);
+        if (split_behavior_ == "Isolated") pieces.push_back(d);
+        else if (split_behavior_ == "MergedWithNext") carry = d;
+      }
+      pos = hit + d.size();
+    }
+    if (pos < text.size() || !carry.empty()) pieces.push_back(carry + text.substr(pos));
+    if (!byte_level_) {
+      for (const auto& p : pieces) if (!p.empty()) bpe(p, out);
+      return;
+    }
+  } else if (!byte_level_) {
+    if (!text.empty()) bpe(text, out);
+    return;
+  } else {
+    pieces.push_back(text);
+  }
   if (digits_) {
     std::vector<std::string> split;
     for (const auto& p : pieces) {
@@ -360,10 +417,13 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_special
   auto word_char = [](uint32_t c) { return is_letter(c) || is_number(c) || c == '_'; };
   while (i < n) {
     const Added* best = nullptr;
-    for (const auto& a : added_)
-      if (!a.content.empty() && text.compare(i, a.content.size(), a.content) == 0 &&
-          (!best || a.content.size() > best->content.size()))
-        best = &a;
+    auto cands = added_by_first_byte_.find(static_cast<unsigned char>(text[i]));
+    if (cands != added_by_first_byte_.end())
+      for (size_t k : cands->second) {
+        const Added& a = added_[k];
+        if (text.compare(i, a.content.size(), a.content) == 0 && (!best || a.content.size() > best->content.size()))
+          best = &a;
+      }
     if (best && best->single_word) {
       size_t len;
       bool left_ok = true, right_ok = true;

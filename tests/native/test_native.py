@@ -405,3 +405,32 @@ def test_smol_llava_fused_decoder_tokens_equal_python(smol_fused_bundle: Path):
         assert native.describe()["decoder"] == "fused"
     compare(smol_fused_bundle, reqs, GenerationConfig(max_new_tokens=64))
     compare(smol_fused_bundle, reqs[:4], GenerationConfig(max_new_tokens=32, do_sample=True, top_p=0.9, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_bundle(tmp_path_factory) -> Path:
+    """An fp32 bundle of tiny-random-gemma-llava (Gemma's tokenizer shape: " " -> "\u2581" normalizer, Split
+    pre-tokenizer, byte fallback; a sliding-window decoder), written by compile.export (about 30 s)."""
+    from calib.models.tiny_gemma import tiny_gemma_llava_dir
+
+    return derived_bundle(tmp_path_factory, "SGM_NATIVE_TINY_GEMMA_BUNDLE", "tiny-gemma",
+                          ["compile.export", "--model", str(tiny_gemma_llava_dir())])
+
+
+def test_gemma_shaped_bundle_tokens_equal_python(tiny_gemma_bundle: Path, shared_data: Path):
+    reqs = requests()
+    compare(tiny_gemma_bundle, reqs, GenerationConfig(max_new_tokens=24))
+    compare(tiny_gemma_bundle, reqs[:6] + reqs[12:14], GenerationConfig(max_new_tokens=16, do_sample=True, top_p=0.8,
+                                                                          seed=4))
+    assert check_tokenizer(tiny_gemma_bundle / "tokenizer.json", tokenizer_lines(shared_data)) > 1_000_000
+
+
+@pytest.mark.slow
+def test_gemma_llava_tokenizer_on_real_text(shared_data: Path):
+    """gemma-llava's own tokenizer (262,144 pieces, 6,415 added tokens) from the asset cache, when it is built."""
+    from runtime.assets import cache_dir
+
+    found = sorted((cache_dir() / "derived").glob("gemma-llava-v1-*/tokenizer.json"))
+    if not found:
+        pytest.skip(f"gemma-llava is not in the asset cache {cache_dir() / 'derived'} (calib.models.load_model builds it)")
+    assert check_tokenizer(found[0], tokenizer_lines(shared_data)) > 1_000_000
