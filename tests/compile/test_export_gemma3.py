@@ -116,7 +116,7 @@ def test_validation_catches_a_decoder_that_ignores_the_sliding_window(gemma, tmp
         if layer.self_attn.sliding_window:
             layer.self_attn.sliding_window = 4096
     export_graphs(wide, tmp_path)
-    with pytest.raises(UserError, match="decoder prefill logits"):
+    with pytest.raises(UserError, match="decoder on prefill logits"):
         validate_graphs(gemma, tmp_path)
 
 
