@@ -109,9 +109,22 @@ def extract_language_model(checkpoint: str | os.PathLike, out: Path) -> dict[str
     return {"checkpoint": str(checkpoint), **model.fingerprint()}
 
 
-def run_builder(python: str, lm_dir: Path, out: Path, precision: str, cache: Path) -> None:
+EXTRA_OPTIONS = ("exclude_embeds=true", "prune_lm_head=true")
+
+
+def rtn_options(quantization: dict[str, Any]) -> list[str]:
+    """The builder's int4 options that make its RTN round as compile.quantize's rtn method did for the bundle
+    (symmetric or not, block size, accuracy level), so the fused decoder holds the standard decoder's weights."""
+    if quantization.get("method") != "rtn":
+        return []
+    return [f"is_symmetric={str(bool(quantization.get('symmetric'))).lower()}",
+            f"block_size={int(quantization.get('block_size') or 32)}",
+            f"accuracy_level={int(quantization.get('accuracy_level') or 4)}"]
+
+
+def run_builder(python: str, lm_dir: Path, out: Path, precision: str, cache: Path, extra: Sequence[str] = ()) -> None:
     cmd = [python, str(BUILDER_SCRIPT), "-i", str(lm_dir), "-o", str(out), "-p", precision,
-           "-e", "cpu", "-c", str(cache), "--extra_options", "exclude_embeds=true", "prune_lm_head=true"]
+           "-e", "cpu", "-c", str(cache), "--extra_options", *EXTRA_OPTIONS, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent)
     if p.returncode != 0 or not (out / "model.onnx").is_file():
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
@@ -322,6 +335,7 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         from compile.quantize.registry import method
 
         gguf = method("gguf-exact").blocks_of(src)
+    extra = rtn_options(src.quantization) if weights == "builder" and precision == "int4" else []
     python = builder_python or default_builder_python()
     if prebuilt is None:
         why = builder_available(python)
@@ -340,7 +354,8 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
                 source = extract_language_model(checkpoint, tmp_path / "lm")
                 check_checkpoint(bundle, checkpoint, source.get("mlp_weights_sha256"))
                 graph_dir = tmp_path / "graph"
-                run_builder(python, tmp_path / "lm", graph_dir, "fp32" if gguf else precision, tmp_path / "cache")
+                run_builder(python, tmp_path / "lm", graph_dir, "fp32" if gguf else precision, tmp_path / "cache",
+                            extra)
             section = decoder_section(graph_dir)
             stats = copy_graph(graph_dir, out, gguf)
             if stats:
@@ -348,7 +363,7 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         return {"fused_decoder": {**section, "builder": "onnxruntime_genai.models.builder",
                                   "builder_version": builder_version(python) if prebuilt is None else None,
                                   "precision": precision,
-                                  "extra_options": ["exclude_embeds=true", "prune_lm_head=true"], "source": source,
+                                  "extra_options": [*EXTRA_OPTIONS, *extra], "source": source,
                                   "weights": stats or {"method": f"builder {precision}"}}}
 
     recorded: dict[str, Any] = {}

@@ -187,3 +187,28 @@ def test_a_decoder_outside_the_tolerance_is_refused(builder, models, bundles, tm
         add_fused_decoder(bundles["gemma3"], models["gemma3"], out, precision="fp32", builder_python=builder,
                           threads=1)
     assert not out.exists()
+
+
+def test_rtn_options_follow_the_bundles_quantization():
+    from compile.fused import rtn_options
+
+    assert rtn_options({"method": "rtn", "symmetric": False, "block_size": 32, "accuracy_level": 4}) == \
+        ["is_symmetric=false", "block_size=32", "accuracy_level=4"]
+    assert rtn_options({"method": "rtn", "symmetric": True, "block_size": 128, "accuracy_level": 1}) == \
+        ["is_symmetric=true", "block_size=128", "accuracy_level=1"]
+    assert rtn_options({"method": "gguf-exact"}) == []
+
+
+def test_int4_fused_decoder_holds_the_standard_decoders_rtn_weights(builder, models, bundles, tmp_path):
+    """gemma-llava's int4 is compile.quantize's RTN: the builder, told the same rounding (asymmetric, blocks of 32,
+    accuracy level 4), writes the same int4 weights, so the two decoders agree to float noise (the builder's
+    default symmetric RTN gave gemma-llava a max |d logit| of 23.6 and was refused)."""
+    from compile.quantize import QuantSpec, quantize_bundle
+
+    int4 = tmp_path / "int4"
+    quantize_bundle(bundles["gemma3"], int4, QuantSpec("int4"))
+    manifest = add_fused_decoder(int4, models["gemma3"], tmp_path / "int4-fused", builder_python=builder, threads=1)
+    assert "is_symmetric=false" in manifest["fused_decoder"]["extra_options"]
+    assert "MatMulNBits" in manifest["fused_decoder"]["contrib_ops"]
+    check = manifest["check"]
+    assert check["identical_greedy"] == check["prompts"] and check["max_abs_dlogit_prefill"] < 1e-3
