@@ -362,10 +362,17 @@ def test_ctest_suite_on_the_tiny_bundle(tiny_bundle: Path):
     assert "100% tests passed" in p.stdout and "Skipped" not in p.stdout
 
 
-def derived_bundle(tmp_path_factory, env: str, name: str, command: list[str]) -> Path:
+FULL_ENV = "SGM_NATIVE_FULL"
+
+
+def derived_bundle(tmp_path_factory, env: str, name: str, command: list[str], costly: bool = False) -> Path:
+    """The bundle at $`env`, else one written by `command` (a `costly` one only with $SGM_NATIVE_FULL=1: quantizing
+    and fusing smol-llava take minutes each, more than CI's suite should spend on them)."""
     given = os.environ.get(env)
     if given:
         return Path(given)
+    if costly and os.environ.get(FULL_ENV) != "1":
+        pytest.skip(f"set {env} to a bundle, or {FULL_ENV}=1 to build it here ({' '.join(command[:1])}, minutes)")
     out = tmp_path_factory.mktemp("native-bundles") / name
     p = subprocess.run([sys.executable, "-m", *command, "--out", str(out)], cwd=Path(__file__).resolve().parents[2],
                        capture_output=True, text=True, timeout=3600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -377,7 +384,7 @@ def derived_bundle(tmp_path_factory, env: str, name: str, command: list[str]) ->
 def smol_int4_bundle(tmp_path_factory, smol_bundle: Path) -> Path:
     """smol-llava's int4 bundle ($SGM_NATIVE_SMOL_INT4_BUNDLE, or compile.quantize of the fp32 one)."""
     return derived_bundle(tmp_path_factory, "SGM_NATIVE_SMOL_INT4_BUNDLE", "smol-llava-int4",
-                          ["compile.quantize", "--bundle", str(smol_bundle), "--precision", "int4"])
+                          ["compile.quantize", "--bundle", str(smol_bundle), "--precision", "int4"], costly=True)
 
 
 @pytest.fixture(scope="session")
@@ -387,7 +394,7 @@ def smol_fused_bundle(tmp_path_factory, smol_bundle: Path) -> Path:
     if not os.environ.get("SGM_NATIVE_SMOL_FUSED_BUNDLE"):
         pytest.importorskip("onnxruntime_genai", reason="compile.fused needs onnxruntime-genai's builder")
     return derived_bundle(tmp_path_factory, "SGM_NATIVE_SMOL_FUSED_BUNDLE", "smol-llava-fused",
-                          ["compile.fused", "--bundle", str(smol_bundle), "--checkpoint", "smol-llava"])
+                          ["compile.fused", "--bundle", str(smol_bundle), "--checkpoint", "smol-llava"], costly=True)
 
 
 SUBSET = [0, 3, 6, 9, 11, 14, 16, 18]  # 5 text and 3 image requests
