@@ -35,15 +35,19 @@ def smol_llava():
     return load_model("smol-llava")
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory) -> Path:
-    """An fp32 bundle of tiny-random-llava written by `python -m compile.export` (about 40 s, once per session)."""
-    out = tmp_path_factory.mktemp("bundles") / "tiny-random-llava"
-    p = subprocess.run([sys.executable, "-m", "compile.export", "--model", "tiny-random-llava", "--out", str(out)],
-                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
+def export_bundle_cli(model: str, out: Path, timeout: int = 900) -> Path:
+    """`python -m compile.export --model MODEL --out OUT` in a subprocess (offline), asserting it succeeded."""
+    p = subprocess.run([sys.executable, "-m", "compile.export", "--model", model, "--out", str(out)],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, f"compile.export failed:\n{p.stderr[-4000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """An fp32 bundle of tiny-random-llava written by `python -m compile.export` (about 40 s, once per session)."""
+    return export_bundle_cli("tiny-random-llava", tmp_path_factory.mktemp("bundles") / "tiny-random-llava")
 
 
 @pytest.fixture(scope="session")

@@ -20,17 +20,6 @@ bool is_dir(const std::string& p) {
   return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-json read_json(const std::string& path, const std::string& fix) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot read " + path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    throw Error(path + " is not valid JSON (" + e.what() + "); " + fix);
-  }
-}
 
 const json& field(const json& d, const std::string& key, json::value_t kind, const std::string& where) {
   auto it = d.find(key);
@@ -64,6 +53,18 @@ void need_layer(const std::string& name, const std::string& value, const std::st
     throw Error(where + ": " + section + "." + name + " must hold '{i}' for the layer index");
 }
 }  // namespace
+
+json read_json(const std::string& path, const std::string& fix) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot read " + path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::exception& e) {
+    throw Error(path + " is not valid JSON (" + e.what() + "); " + fix);
+  }
+}
 
 std::string PromptSpec::render(const std::string& question, bool with_image, bool chat) const {
   std::string q = system_prompt ? *system_prompt + "\n\n" + question : question;

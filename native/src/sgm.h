@@ -209,4 +209,7 @@ class Generator {
 // one request line in, one result line out (never throws for a bad request: {"id":..,"error":"..."})
 std::string serve_line(Generator& gen, const std::string& line);
 
+// A JSON file, or Error naming the file and `fix` when it cannot be read or parsed.
+json read_json(const std::string& path, const std::string& fix);
+
 }  // namespace sgm

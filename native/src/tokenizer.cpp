@@ -141,23 +141,12 @@ void gpt2_split(const std::string& s, std::vector<std::string>& out) {
   }
 }
 
-json read_json_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot read " + path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw Error(path + " is not a valid tokenizers JSON file (" + e.what() + "); rebuild the bundle");
-  }
-}
 
 uint64_t pair_key(int64_t a, int64_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
 }  // namespace
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  json t = read_json_file(path);
+  json t = read_json(path, "rebuild the bundle");
   Tokenizer tok;
   auto refuse = [&](const std::string& what) {
     throw Error(path + ": " + what + " is not supported by the native tokenizer (BPE: byte-level, or SentencePiece-style with byte fallback); use the "

@@ -20,6 +20,8 @@ from runtime.errors import UserError
 from runtime.native import BUILD_HINT, NativeGenerator, find_host
 from runtime.protocol import GenerationConfig, GenerationRequest
 
+from ..conftest import export_bundle_cli
+
 HOST = find_host()
 pytestmark = pytest.mark.skipif(HOST is None, reason=f"the native host sgm-run is not built; {BUILD_HINT}")
 
@@ -275,12 +277,7 @@ def smol_bundle(tmp_path_factory) -> Path:
     given = os.environ.get("SGM_NATIVE_SMOL_BUNDLE")
     if given:
         return Path(given)
-    out = tmp_path_factory.mktemp("native-bundles") / "smol-llava"
-    p = subprocess.run([sys.executable, "-m", "compile.export", "--model", "smol-llava", "--out", str(out)],
-                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=1800,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert p.returncode == 0, f"compile.export failed:\n{p.stderr[-4000:]}"
-    return out
+    return export_bundle_cli("smol-llava", tmp_path_factory.mktemp("native-bundles") / "smol-llava", timeout=1800)
 
 
 @pytest.mark.slow
