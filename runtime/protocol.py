@@ -105,6 +105,11 @@ class SystemPrompted:
     `describe` records the prompt, so a run's result cache and report tell the two systems apart."""
 
     def __init__(self, inner: Generator, system_prompt: str) -> None:
+        carried = inner.describe().get("system_prompt")
+        if carried:
+            raise UserError(f"the model already puts a system prompt ahead of every request ({carried[:60]!r}, e.g. "
+                            f"a bundle's runtime.json prompt.system_prompt); drop --system-prompt, or export the "
+                            f"bundle without one")
         self.inner = inner
         self.system_prompt = system_prompt
 

@@ -97,14 +97,16 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _compare(args: argparse.Namespace) -> None:
+    from runtime.mmtoxicqa.compat import mismatches
     from runtime.mmtoxicqa.reports import read_generations, read_report
     from runtime.mmtoxicqa.summary import before_after
 
     before, after = read_report(args.before), read_report(args.after)
-    if before.get("dataset") != after.get("dataset") or before.get("n_items_by_condition") != after.get(
-            "n_items_by_condition"):
-        raise UserError(f"{args.before} and {args.after} did not answer the same items (dataset or items per "
-                        f"condition differ); rerun both with the same --dataset, --conditions and --limit")
+    problems = mismatches(before, after)
+    if problems:
+        raise UserError(f"{args.before} and {args.after} did not answer the same items with the same settings "
+                        f"({'; '.join(problems)}); rerun both with the same --dataset, --conditions, --limit and "
+                        f"decoding settings")
     print("\n".join(before_after(before, after, read_generations(args.before), read_generations(args.after))))
 
 

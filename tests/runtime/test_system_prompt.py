@@ -71,6 +71,8 @@ def test_a_bundle_applies_its_runtime_json_system_prompt(tiny_bundle: Path, tmp_
             plain.tokenizer.request_ids(GenerationRequest("what is this", chat=chat))
         assert c.text is not None
     assert star.describe()["system_prompt"] == "Be kind." and "system_prompt" not in plain.describe()
+    with pytest.raises(UserError, match="already puts a system prompt"):
+        SystemPrompted(star, "Be brief.")  # never two prompts stacked
 
 
 @pytest.mark.parametrize("bad", ["", "   ", 3])
