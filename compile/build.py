@@ -296,13 +296,14 @@ def fused_wanted(args: argparse.Namespace) -> bool:
 def fused_stage(build: Build, args: argparse.Namespace, bundle: Path, detox: Path) -> Path:
     """The bundle with a fused decoder added (the fused stage), or `bundle` itself when the default finds it cannot
     be built for this model (said on stderr; an explicit --fused raises instead)."""
-    from compile.fused import add_fused_decoder, builder_available, cannot_fuse, default_builder_python, summary
+    from compile.fused import add_fused_decoder, builder_missing, cannot_fuse, default_builder_python, summary
     from runtime.bundle import load_bundle
 
     python = args.builder_python or default_builder_python()
     why = cannot_fuse(load_bundle(bundle).spec, args.precision)
-    if why is None and builder_available(python):
-        why = f"onnxruntime-genai's builder is not importable with {python} ({builder_available(python)})"
+    missing = builder_missing(python) if why is None else None
+    if missing:
+        why = f"onnxruntime-genai's builder is not importable with {python} ({missing})"
     if why:
         if args.fused:
             raise UserError(why)
@@ -390,7 +391,7 @@ def check_calibration_size(args: argparse.Namespace) -> None:
 def check_fused_options(args: argparse.Namespace) -> None:
     """Refuse an explicit --fused that cannot work before any stage runs (calibration alone takes minutes)."""
     from compile.fused import PRECISIONS as FUSED_PRECISIONS
-    from compile.fused import builder_available, default_builder_python
+    from compile.fused import builder_missing, default_builder_python
 
     if args.target != "cpu":
         raise UserError(f"--fused adds a CPU decoder; --target {args.target} builds TensorRT engines from the standard "
@@ -398,7 +399,7 @@ def check_fused_options(args: argparse.Namespace) -> None:
     if args.precision not in FUSED_PRECISIONS:
         raise UserError(f"--fused builds fp32 or int4 decoders, not {args.precision}; choose --precision fp32 or int4")
     python = args.builder_python or default_builder_python()
-    why = builder_available(python)
+    why = builder_missing(python)
     if why:
         raise UserError(f"--fused needs onnxruntime-genai's builder, which {python} cannot import ({why}); "
                         "scripts/setup installs it into .venv, or pass --builder-python")

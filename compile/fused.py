@@ -68,7 +68,7 @@ _IMPORT_BUILDER = ("import onnxruntime_genai, onnxruntime_genai.models.builder, 
                    "print(onnxruntime_genai.__version__)")
 
 
-def builder_available(python: str) -> str | None:
+def builder_missing(python: str) -> str | None:
     """None when `python` can import onnxruntime-genai's builder, else the reason it cannot (asked once)."""
     if python not in _AVAILABLE:
         try:
@@ -84,7 +84,7 @@ def builder_available(python: str) -> str | None:
 
 def builder_version(python: str) -> str | None:
     """onnxruntime-genai's version in `python` (None when its builder is not importable there)."""
-    return _VERSIONS.get(python) if builder_available(python) is None else None
+    return _VERSIONS.get(python) if builder_missing(python) is None else None
 
 
 def cannot_fuse(spec: Any, precision: str) -> str | None:
@@ -338,7 +338,7 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
     extra = rtn_options(src.quantization) if weights == "builder" and precision == "int4" else []
     python = builder_python or default_builder_python()
     if prebuilt is None:
-        why = builder_available(python)
+        why = builder_missing(python)
         if why:
             raise UserError(f"onnxruntime-genai's builder is not importable with {python} ({why}); scripts/setup "
                             "installs it into .venv (onnxruntime-genai==0.15.2), or pass --builder-python")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compile.fused import (GQA_HEAD_MULTIPLE, TOLERANCE, add_fused_decoder, builder_available,
+from compile.fused import (GQA_HEAD_MULTIPLE, TOLERANCE, add_fused_decoder, builder_missing,
                            default_builder_python)
 from runtime.bundle import load_bundle
 from runtime.errors import UserError
@@ -59,7 +59,7 @@ def tiny_llama16(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def builder() -> str:
-    why = builder_available(BUILDER)
+    why = builder_missing(BUILDER)
     if why:
         pytest.fail(f"onnxruntime-genai's builder is not importable with {BUILDER} ({why}); run scripts/setup")
     return BUILDER
