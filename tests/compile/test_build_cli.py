@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runtime.mmtoxicqa.items import CONDITIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -60,13 +62,38 @@ def test_fused_settings_that_cannot_work_are_refused_before_any_stage(tmp_path):
 
 def test_stage_settings_come_from_the_build_options() -> None:
     """The build hands calib.experts.calibrate and runtime.mmtoxicqa.evaluate typed settings, not command lines."""
-    from compile.build import calibration_settings, evaluation_settings, parser
+    from compile.build import apply_job_defaults, calibration_settings, evaluation_settings, parser
 
-    args = parser().parse_args(["--method", "aura", "--limit", "5", "--seed", "3", "--eval-samples", "2",
-                                "--allow-small-calibration"])
+    def parse(*argv: str):
+        args = parser().parse_args(argv)
+        apply_job_defaults(args)
+        return args
+
+    args = parse("--method", "aura", "--limit", "5", "--seed", "3", "--eval-samples", "2", "--allow-small-calibration")
     calib = calibration_settings(args)
     assert (calib.method, calib.limit, calib.seed, calib.allow_small_calibration) == ("aura", 5, 3, True)
+    assert (calib.calib, calib.match_lengths) == ("mmtoxicqa", False)
     assert not calib.capped  # aura takes no cap, whatever --top-fraction says
-    assert calibration_settings(parser().parse_args(["--calib-limit", "0"])).limit is None  # 0 = all
+    assert calibration_settings(parse("--calib-limit", "0")).limit is None  # 0 = all
     ev = evaluation_settings(args)
     assert (ev.limit, ev.settings.seed, ev.settings.samples, ev.progress) == (5, 3, 2, False)
+    assert ev.conditions == CONDITIONS
+
+
+def test_gemma_llava_defaults_to_its_regime_and_options_still_win() -> None:
+    """gemma-llava's main job calibrates on judged offline texts and evaluates 40 continuation prompts x 10 samples
+    (400 toxic-eliciting responses) and the visual questions; an explicit option overrides each default."""
+    from compile.build import apply_job_defaults, calibration_settings, evaluation_settings, parser
+
+    args = parser().parse_args(["--model", "gemma-llava"])
+    apply_job_defaults(args)
+    calib, ev = calibration_settings(args), evaluation_settings(args)
+    assert (calib.calib, calib.limit, calib.match_lengths) == ("offline-text", None, True)
+    assert ev.conditions == ("continuation", "visual") and (ev.limit, ev.settings.samples) == (40, 10)
+    assert ev.settings.max_new_tokens == 32
+    args = parser().parse_args(["--model", "gemma-llava", "--calib-source", "mmtoxicqa", "--eval-conditions",
+                                "standard,continuation", "--eval-samples", "3"])
+    apply_job_defaults(args)
+    assert calibration_settings(args).calib == "mmtoxicqa"
+    ev = evaluation_settings(args)
+    assert ev.conditions == ("standard", "continuation") and ev.settings.samples == 3
