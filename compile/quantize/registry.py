@@ -61,7 +61,7 @@ def method_name(src: Bundle, spec: QuantSpec) -> str:
 
     recipe = RECIPES.get(src.manifest.get("model_type"))
     if spec.method == "gguf" or (spec.method == "auto" and spec.precision in METHODS["gguf-exact"].precisions
-                                 and recipe is not None and recipe.gguf_int4):
+                                 and recipe is not None and recipe.quantizes_from_gguf(src.manifest, spec.precision)):
         return "gguf-exact"
     if spec.precision == "int8" and spec.int8_mode == "dynamic":
         return "dynamic"

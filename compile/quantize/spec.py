@@ -31,7 +31,7 @@ class QuantSpec:
     skip_modules: tuple[str, ...] = ()  # int8-qdq: MatMuls whose node name contains one of these stay float
     keep_fp32: tuple[str, ...] = ()
     method: str = "auto"  # int4: "gguf" (exact GGUF blocks), "rtn" (ORT's quantizer); auto: the model's recipe
-    gguf: str | None = None  # the GGUF for method gguf (default: the embedded default's)
+    gguf: str | None = None  # the GGUF for method gguf (default: the bundle's model type's, compile.recipes)
 
     def check(self) -> None:
         """Refuse bad settings before anything loads."""

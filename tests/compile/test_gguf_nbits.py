@@ -203,7 +203,7 @@ def test_foreign_or_unsupported_gguf_is_refused(synthetic, tmp_path: Path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(UserError, match="is F16 .* only Q4_1 and Q8_0"):
+    with pytest.raises(UserError, match="is F16 .* only Q4_1, Q8_0, Q5_0, Q4_K, Q6_K blocks"):
         g.GGUFWeights(tmp_path / "f16.gguf").blocks("blk.0.ffn_up.weight")
     with pytest.raises(UserError, match="has no tensor blk.0.attn_q.weight"):
         g.GGUFWeights(tmp_path / "f16.gguf").blocks("blk.0.attn_q.weight")
