@@ -489,6 +489,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     fused = fused_wanted(args)
     model_type, location = resolve(args.model)
     print(f"model: {args.model} ({model_type}, {location})")
+    if args.experts is None:
+        c = calibration_settings(args)
+        print(f"calibration: {c.calib}, {'all' if c.limit is None else c.limit} "
+              f"{'items per condition' if c.calib == 'mmtoxicqa' else 'texts per class'}, {c.method}"
+              f"{'' if c.strength is None else f' s={c.strength}'}, top {c.top_fraction:g} of units")
+    if not args.skip_eval:
+        e = evaluation_settings(args)
+        print(f"evaluation: {', '.join(e.conditions)}; {'all' if e.limit is None else e.limit} items per condition, "
+              f"{e.settings.samples} sample(s) per toxic or benign item, {e.settings.max_new_tokens} new tokens")
     if args.experts is not None and not (args.experts / MANIFEST).is_file():
         raise UserError(f"--experts {args.experts} is not an experts artifact (no manifest.json); "
                         "produce one with python -m calib.experts")
