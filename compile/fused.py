@@ -185,24 +185,25 @@ def gguf_blocks_for(node_name: str, weights: Any) -> Any:
 
 
 def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] | None,
-                    accuracy_level: int = 4) -> dict[str, Any]:
+                    accuracy_level: int = 4, approximation: Any = None) -> dict[str, Any]:
     """The builder's float32 MatMuls as MatMulNBits with the GGUF's own blocks (+ block-sum offsets), as
     compile.quantize.gguf does for the standard decoder; each converted weight is checked against the float32 one
-    (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`)."""
-    from compile.quantize.gguf import _com_microsoft, replace_matmul, rewrite_graph
+    (so a folded checkpoint converts with its SGM factors in the scales, `row_scales`). `approximation`
+    (compile.quantize.gguf.Approximation, the bundle's) changes the blocks as it did the standard decoder's."""
+    from compile.quantize.gguf import _com_microsoft, departure_summary, replace_matmul, rewrite_graph
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     nodes, added, dropped, sums_of = [], [], set(), {}
     converted: dict[str, int] = {}
-    folded, worst = [], 0.0
+    folded, worst, departures = [], 0.0, {}
     for node in graph.node:
         blocks = gguf_blocks_for(node.name, weights) if node.op_type == "MatMul" and node.input[1] in inits else None
         if blocks is None:
             nodes.append(node)
             continue
         worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
-                                          accuracy_level))
+                                          accuracy_level, approximation=approximation, departures=departures))
         kind = f"Q{blocks.bits}"
         converted[kind] = converted.get(kind, 0) + 1
     layers = sum(1 for n in graph.node if n.name.endswith("qkv_proj/MatMul"))
@@ -213,13 +214,17 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
         raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no converted MatMul")
     rewrite_graph(graph, nodes, dropped, added)
     _com_microsoft(model)
-    return {"method": "gguf-exact", "converted": converted, "max_abs_diff_vs_float32": worst,
-            "folded_modules": len(folded), "accuracy_level": accuracy_level}
+    stats = {"method": "gguf-exact", "converted": converted, "max_abs_diff_vs_float32": worst,
+             "folded_modules": len(folded), "accuracy_level": accuracy_level}
+    if approximation is not None and not approximation.exact:
+        stats["approximation"] = {**approximation.to_dict(), "departures": departure_summary(departures)}
+    return stats
 
 
-def copy_graph(graph_dir: Path, out: Path, gguf: tuple[Any, Any, int] | None = None) -> dict[str, Any] | None:
+def copy_graph(graph_dir: Path, out: Path, gguf: tuple[Any, ...] | None = None) -> dict[str, Any] | None:
     """The builder's model.onnx (+ model.onnx.data) as decoder-fused.onnx (+ decoder-fused.onnx.data);
-    `gguf` = (GGUFWeights, row scales, accuracy level): convert its float32 MatMuls to the GGUF's blocks on the way."""
+    `gguf` = (GGUFWeights, row scales, accuracy level[, approximation]): convert its float32 MatMuls to the GGUF's
+    blocks on the way."""
     import onnx
 
     model = onnx.load(str(graph_dir / "model.onnx"))

@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
                         "gemma-llava (compile.recipes)")
     p.add_argument("--gguf", type=Path,
                    help="GGUF for --method gguf (default: the bundle's model's, from the asset cache)")
+    from compile.quantize.gguf import add_approximation_args
+
+    add_approximation_args(p)
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the comparison with the source")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the check")
     p.add_argument("--overwrite", action="store_true")
@@ -49,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      int8_mode=args.int8_mode, calibration_items=args.calibration_items,
                      skip_modules=tuple(args.skip_modules),
                      keep_fp32=tuple(args.keep_fp32), method=args.method,
-                     gguf=str(args.gguf) if args.gguf else None)
+                     gguf=str(args.gguf) if args.gguf else None, gguf_zero_points=args.gguf_zero_points,
+                     gguf_lm_head=args.gguf_lm_head)
     manifest = quantize_bundle(args.bundle, args.out, spec, overwrite=args.overwrite, check=args.check,
                                threads=args.threads)
     print(f"{args.precision} bundle written to {args.out}")

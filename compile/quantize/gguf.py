@@ -71,13 +71,18 @@ class Blocks:
     scales: np.ndarray  # float32 [N, K // block]
     offsets: np.ndarray  # float32 [N, K // block]
     bits: int
+    # uint8 [N, K // block]: integer zero points other than the default 2^(bits-1) (offsets = -zero_points * scales;
+    # MatMulNBits' zero_points input). Only the approximations (Approximation) write them; a GGUF's blocks have none.
+    zero_points: np.ndarray | None = None
 
     @property
     def block_size(self) -> int:
         return int(self.codes.shape[-1])
 
     def dequantize(self) -> np.ndarray:
-        if self.correction().any():
+        if self.zero_points is not None:  # w = (codes - z) * scale, as MatMulNBits computes it
+            w = (self.codes.astype(np.float32) - self.zero_points[..., None].astype(np.float32)) * self.scales[..., None]
+        elif self.correction().any():
             w = self.codes.astype(np.float32) * self.scales[..., None] + self.offsets[..., None]
         else:  # offsets = -z * scale: w = (codes - z) * scale, as MatMulNBits and ggml compute it (exact)
             z = np.float32(1 << (self.bits - 1))
@@ -85,14 +90,19 @@ class Blocks:
         return w.reshape(self.codes.shape[0], -1)
 
     def permute_rows(self, order: np.ndarray) -> "Blocks":
-        return Blocks(self.codes[order], self.scales[order], self.offsets[order], self.bits)
+        zp = None if self.zero_points is None else self.zero_points[order]
+        return Blocks(self.codes[order], self.scales[order], self.offsets[order], self.bits, zp)
 
     def scale_rows(self, alpha: np.ndarray) -> "Blocks":
         """The SGM fold: output channel n times alpha[n] (scales and offsets, never the codes)."""
-        return Blocks(self.codes, self.scales * alpha[:, None], self.offsets * alpha[:, None], self.bits)
+        return Blocks(self.codes, self.scales * alpha[:, None], self.offsets * alpha[:, None], self.bits,
+                      self.zero_points)
 
     def correction(self) -> np.ndarray:
-        """Offsets left after MatMulNBits' default zero point 2^(bits-1): m + z * d, as [K // block, N]."""
+        """Offsets left after MatMulNBits' zero points (the default 2^(bits-1), or `zero_points`): m + z * d, as
+        [K // block, N] (zero when the zero points carry the offsets)."""
+        if self.zero_points is not None:
+            return np.zeros(self.scales.T.shape, np.float32)
         z = float(1 << (self.bits - 1))
         return np.ascontiguousarray((self.offsets + z * self.scales).T)
 
@@ -178,6 +188,115 @@ def q6_k_blocks(raw: np.ndarray) -> Blocks:
     q = (ql | (qh << 4)).astype(np.int16).reshape(rows, n * 16, 16) - 32
     scales = (_f16(b[..., 208:210])[..., None] * b[..., 192:208].copy().view(np.int8).astype(np.float32))
     return _symmetric(q, scales.reshape(rows, -1))
+
+
+ZERO_POINTS = ("exact", "round", "refit")
+LM_HEADS = ("q8", "q4", "q4-sym")
+FIT_STEPS = np.linspace(0.8, 1.1, 16)  # candidate scales for fit_int4, times the block's range / 15 (or |max| / 8)
+
+
+@dataclass(frozen=True)
+class Approximation:
+    """Departures from the GGUF's weights that buy speed (issue 20); the default is none (exact).
+
+    zero_points: how a 4-bit block with a float offset (Q4_1's m, Q4_K's min) is written. "exact": the GGUF's
+    codes at the default zero point plus the block-sums offsets MatMul (w = d q + m exactly); "round": the GGUF's
+    codes and scales with the integer zero point round(-m / d) (w = d (q - z), off by |m + d z| <= d / 2 in each
+    block, no offsets MatMul); "refit": per block the 4-bit codes, scale and integer zero point of least squared
+    error to the GGUF's weights (fit_int4, the "round" fit among its candidates).
+    lm_head: the tied embedding's output projection. "q8": the GGUF's Q8_0 table, 8-bit (exact); "q4": 4-bit
+    blocks of 32 with integer zero points fitted to the Q8_0 table (fit_int4); "q4-sym": 4-bit symmetric blocks
+    (default zero point 8, no zero-point input: onnxruntime-genai's int4 form). The embedding Gather stays the
+    exact 8-bit table either way.
+    """
+
+    zero_points: str = "exact"
+    lm_head: str = "q8"
+
+    def __post_init__(self) -> None:
+        if self.zero_points not in ZERO_POINTS:
+            raise UserError(f"zero points must be one of {', '.join(ZERO_POINTS)}, not {self.zero_points!r}")
+        if self.lm_head not in LM_HEADS:
+            raise UserError(f"lm_head must be one of {', '.join(LM_HEADS)}, not {self.lm_head!r}")
+
+    @property
+    def exact(self) -> bool:
+        return self == Approximation()
+
+    def to_dict(self) -> dict[str, str]:
+        return {"zero_points": self.zero_points, "lm_head": self.lm_head}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> "Approximation":
+        return cls(**(record or {}))
+
+    def apply(self, blocks: Blocks, lm_head: bool) -> Blocks:
+        """The blocks this approximation writes for one Linear's exact GGUF `blocks` (unchanged when it applies
+        to neither the lm_head nor an offset block)."""
+        if lm_head and self.lm_head != "q8":
+            return fit_int4(blocks.dequantize(), symmetric=self.lm_head == "q4-sym")
+        if blocks.bits != 4 or not blocks.correction().any() or self.zero_points == "exact":
+            return blocks
+        rounded = round_zero_points(blocks)
+        if self.zero_points == "round":
+            return rounded
+        return fit_int4(blocks.dequantize(), start=rounded)
+
+
+def round_zero_points(blocks: Blocks) -> Blocks:
+    """4-bit blocks w = d q + m -> d (q - z) with the integer zero point z = round(-m / d) in 0..15 (codes kept)."""
+    d, m = blocks.scales, blocks.offsets
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(d != 0, np.rint(-m / np.where(d != 0, d, 1)), 8)
+    z = np.clip(z, 0, 15).astype(np.uint8)
+    return Blocks(blocks.codes, d, -z.astype(np.float32) * d, 4, z)
+
+
+def fit_int4(w: np.ndarray, symmetric: bool = False, start: Blocks | None = None, rows: int = 4096) -> Blocks:
+    """4-bit blocks of 32 along K for w [N, K] of least squared error among candidates: per block, scales FIT_STEPS x
+    (range / 15) with the zero point round(-min / s) (symmetric: |max| / 7.5 at zero point 8), codes rounded, then the
+    scale refitted by least squares for those codes; `start` (blocks of the same shape) is one more candidate.
+    Round to nearest (ORT's asymmetric RTN) is the step 1.0 candidate before the refit."""
+    n, k = w.shape
+    codes = np.empty((n, k // QK, QK), np.uint8)
+    scales = np.empty((n, k // QK), np.float32)
+    zps = np.empty((n, k // QK), np.uint8)
+    for r0 in range(0, n, rows):
+        x = w[r0:r0 + rows].reshape(-1, k // QK, QK).astype(np.float32)
+        lo, hi = x.min(-1), x.max(-1)
+        if symmetric:
+            base = np.maximum(np.abs(lo), np.abs(hi)) / 7.5
+        else:
+            lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+            base = (hi - lo) / 15.0
+        best_err = np.full(lo.shape, np.inf, np.float32)
+        best_q = np.zeros(x.shape, np.uint8)
+        best_s = np.zeros(lo.shape, np.float32)
+        best_z = np.full(lo.shape, 8, np.uint8)
+
+        def consider(q: np.ndarray, s: np.ndarray, z: np.ndarray) -> None:
+            c = q.astype(np.float32) - z[..., None]
+            err = ((x - s[..., None] * c) ** 2).sum(-1)
+            better = err < best_err
+            best_err[better], best_s[better], best_z[better] = err[better], s[better], z[better]
+            best_q[better] = q[better]
+
+        if start is not None:
+            sz = start.zero_points[r0:r0 + rows]
+            consider(start.codes[r0:r0 + rows], start.scales[r0:r0 + rows], sz)
+        for f in FIT_STEPS:
+            s = np.where(base > 0, base * f, 1.0).astype(np.float32)
+            z = np.full(lo.shape, 8.0, np.float32) if symmetric else np.clip(np.rint(-lo / s), 0, 15)
+            q = np.clip(np.rint(x / s[..., None]) + z[..., None], 0, 15)
+            c = q - z[..., None]
+            den = (c * c).sum(-1)
+            ls = np.where(den > 0, (x * c).sum(-1) / np.where(den > 0, den, 1), s).astype(np.float32)
+            consider(q.astype(np.uint8), s, z.astype(np.uint8))
+            consider(q.astype(np.uint8), ls, z.astype(np.uint8))
+        codes[r0:r0 + rows], scales[r0:r0 + rows], zps[r0:r0 + rows] = best_q, best_s, best_z
+    if symmetric:
+        return Blocks(codes, scales, -8.0 * scales, 4)
+    return Blocks(codes, scales, -zps.astype(np.float32) * scales, 4, zps)
 
 
 BLOCK_DECODERS = {"Q4_1": q4_1_blocks, "Q8_0": q8_0_blocks, "Q5_0": q5_0_blocks, "Q4_K": q4_k_blocks,
@@ -267,6 +386,17 @@ def pack(blocks: Blocks) -> np.ndarray:
     return np.ascontiguousarray(c[..., 0::2] | (c[..., 1::2] << 4)).astype(np.uint8)
 
 
+def pack_zero_points(blocks: Blocks) -> np.ndarray:
+    """MatMulNBits zero_points (uint8): 8-bit one per block; 4-bit two per byte along K, the first in the low nibble
+    ([N, ceil(K / 32 / 2)] flattened)."""
+    z = blocks.zero_points
+    if blocks.bits == 8:
+        return np.ascontiguousarray(z.reshape(-1))
+    if z.shape[1] % 2:
+        z = np.concatenate([z, np.zeros((z.shape[0], 1), np.uint8)], axis=1)
+    return np.ascontiguousarray((z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1)).astype(np.uint8)
+
+
 def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int,
                       block_sums: str | None) -> tuple[list[onnx.NodeProto], list]:
     """MatMulNBits with the blocks' codes and scales (default zero point), plus `block_sums @ correction`
@@ -275,10 +405,12 @@ def matmul_nbits_node(node: onnx.NodeProto, blocks: Blocks, accuracy_level: int,
     base = node.name.strip("/").replace("/", "_")
     inits = [numpy_helper.from_array(pack(blocks), base + "_B"),
              numpy_helper.from_array(blocks.scales.reshape(-1), base + "_scales")]
+    if blocks.zero_points is not None:
+        inits.append(numpy_helper.from_array(pack_zero_points(blocks), base + "_zero_points"))
     correction = blocks.correction()
     exact = not correction.any()
     out = node.output[0] if exact else node.output[0] + "_nbits"
-    nodes = [helper.make_node("MatMulNBits", [node.input[0], inits[0].name, inits[1].name], [out],
+    nodes = [helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], [out],
                               name=node.name + f"_Q{blocks.bits}", domain="com.microsoft", K=nb * bs, N=n,
                               bits=blocks.bits, block_size=bs, accuracy_level=accuracy_level)]
     if not exact:
@@ -333,15 +465,24 @@ def _block_sums(a: str, k: int) -> tuple[str, list[onnx.NodeProto], list[onnx.Te
 
 def replace_matmul(node: Any, blocks: Any, inits: dict[str, Any], row_scales: dict[str, np.ndarray] | None,
                    folded: list[str], sums_of: dict[str, str], nodes: list, added: list, dropped: set,
-                   accuracy_level: int = 4, qdq: bool = False) -> float:
+                   accuracy_level: int = 4, qdq: bool = False, approximation: Approximation | None = None,
+                   departures: dict[str, Any] | None = None) -> float:
     """Replace one float MatMul by its GGUF blocks (scaled by its unit's SGM factors when given, checked against
     the float weight): appends the new nodes and tensors (block sums shared per activation in `sums_of`), marks
-    the float weight dropped; returns the check's max |difference|."""
+    the float weight dropped; returns the check's max |difference|. An `approximation` that is not exact changes
+    the checked blocks afterwards; how far each changed weight moved goes into `departures` (record_departure)."""
     unit = unit_of(node.name)
     if row_scales and unit in row_scales:
         blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
         folded.append(unit)
     diff = _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name)
+    if approximation is not None and not approximation.exact:
+        if qdq:
+            raise UserError("the approximations (--gguf-zero-points, --gguf-lm-head) are for MatMulNBits, not int4-qdq")
+        new = approximation.apply(blocks, "lm_head" in node.name)
+        if new is not blocks:
+            record_departure(departures, "lm_head" if "lm_head" in node.name else "layers", blocks, new)
+            blocks = new
     sums = None
     if blocks.correction().any():
         if blocks.block_size != QK:
@@ -360,8 +501,23 @@ def replace_matmul(node: Any, blocks: Any, inits: dict[str, Any], row_scales: di
     return diff
 
 
+def record_departure(departures: dict[str, Any] | None, what: str, exact: Blocks, new: Blocks) -> None:
+    """Accumulate, per kind of Linear, max |w' - w| and the relative RMS change ||w' - w|| / ||w|| of the GGUF's
+    weights w under an approximation."""
+    if departures is None:
+        return
+    w, d = exact.dequantize(), new.dequantize() - exact.dequantize()
+    rec = departures.setdefault(what, {"linears": 0, "max_abs_dw": 0.0, "sq_dw": 0.0, "sq_w": 0.0})
+    rec["linears"] += 1
+    rec["max_abs_dw"] = max(rec["max_abs_dw"], float(np.abs(d).max()))
+    rec["sq_dw"] += float((d.astype(np.float64) ** 2).sum())
+    rec["sq_w"] += float((w.astype(np.float64) ** 2).sum())
+    rec["rel_rms_dw"] = (rec["sq_dw"] / rec["sq_w"]) ** 0.5 if rec["sq_w"] else 0.0
+
+
 def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level: int = 4,
-                    row_scales: dict[str, np.ndarray] | None = None, qdq: bool = False) -> tuple[onnx.ModelProto, dict]:
+                    row_scales: dict[str, np.ndarray] | None = None, qdq: bool = False,
+                    approximation: Approximation | None = None) -> tuple[onnx.ModelProto, dict]:
     """Every exported Linear of the decoder as MatMulNBits with the GGUF's blocks (checked against the graph).
 
     With `qdq`, the TensorRT form instead: the 4-bit (Q4_1, Q4_K) Linears as int4 DequantizeLinear -> MatMul
@@ -370,6 +526,7 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
 
     `row_scales` (a folded bundle's SGM factors per MLP unit) multiply the blocks' scales and offsets before
     the check, so a detoxified bundle converts too: its float32 weights must equal the folded GGUF blocks.
+    `approximation` (not exact: Approximation) then changes the blocks it names (integer zero points, 4-bit lm_head).
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -378,6 +535,7 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
     folded: list[str] = []
     sums_of: dict[str, str] = {}  # block sums shared by the Linears reading the same activation
     kept_float: list[str] = []
+    departures: dict[str, Any] = {}
     for node in graph.node:
         name = gguf_name(node.name) if node.op_type == "MatMul" and node.input[1] in inits else None
         if name is None or (qdq and weights.types[name] not in FOUR_BIT):
@@ -388,7 +546,7 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
             continue
         blocks = weights.blocks(name)
         worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
-                                          accuracy_level, qdq))
+                                          accuracy_level, qdq, approximation, departures))
         converted[weights.types[name]] = converted.get(weights.types[name], 0) + 1
     expected = 7 * sum(1 for n in graph.node if n.op_type == "MatMul" and n.name.endswith("q_proj/MatMul"))
     if sum(converted.values()) + len(kept_float) < expected:
@@ -399,8 +557,16 @@ def convert_decoder(model: onnx.ModelProto, weights: GGUFWeights, accuracy_level
         raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no GGUF-converted MatMul")
     if not qdq:
         _com_microsoft(model)
-    return model, {"converted": converted, "max_abs_diff_vs_float32": worst, "folded_modules": len(folded),
-                   "kept_float": kept_float}
+    stats = {"converted": converted, "max_abs_diff_vs_float32": worst, "folded_modules": len(folded),
+             "kept_float": kept_float}
+    if departures:
+        stats["approximation"] = departure_summary(departures)
+    return model, stats
+
+
+def departure_summary(departures: dict[str, Any]) -> dict[str, Any]:
+    return {k: {"linears": v["linears"], "max_abs_dw": v["max_abs_dw"], "rel_rms_dw": v["rel_rms_dw"]}
+            for k, v in departures.items()}
 
 
 def convert_embed(model: onnx.ModelProto, weights: GGUFWeights) -> tuple[onnx.ModelProto, dict]:
@@ -452,12 +618,13 @@ def _com_microsoft(model: onnx.ModelProto) -> None:
 
 def gguf_bundle(bundle_dir: str | os.PathLike, gguf_path: str | os.PathLike, out_dir: str | os.PathLike,
                 accuracy_level: int = 4, embeddings: bool = True, overwrite: bool = False,
-                check: bool = True, threads: int | None = None) -> dict[str, Any]:
+                check: bool = True, threads: int | None = None,
+                approximation: Approximation | None = None) -> dict[str, Any]:
     """An int4 bundle whose decoder (and embedding) computes with the GGUF's own blocks; returns its manifest."""
     weights = GGUFWeights(gguf_path)
 
     def transform(src: Bundle, out: Path) -> dict[str, Any]:
-        return convert(src, out, weights, accuracy_level, embeddings)
+        return convert(src, out, weights, accuracy_level, embeddings, approximation=approximation)
 
     def measure(tmp: Path) -> dict[str, Any]:
         from compile.quantize.check import agreement, check_items
@@ -486,13 +653,18 @@ def folded_row_scales(src: Bundle) -> dict[str, np.ndarray] | None:
 
 
 def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 4,
-            embeddings: bool = True, qdq: bool = False) -> dict[str, Any]:
+            embeddings: bool = True, qdq: bool = False, approximation: Approximation | None = None) -> dict[str, Any]:
     """Write the GGUF-exact graphs of `src` into `out` (the others copied); returns the `precision` manifest
     record. A bundle of a folded checkpoint converts with its factors in the scales.
 
     Default: ONNX Runtime's form (int4 MatMulNBits decoder, 8-bit lm_head and embedding). With `qdq`: TensorRT's
     (precision "int4-qdq"): all graphs in float16, decoder Linears as int4 DequantizeLinear -> MatMul (opset 21).
+    An `approximation` that is not exact is recorded as the record's `approximation` (absent when exact, so the
+    default's record is unchanged).
     """
+    approximation = approximation or Approximation()
+    if qdq and not approximation.exact:
+        raise UserError("the approximations (--gguf-zero-points, --gguf-lm-head) are for MatMulNBits, not int4-qdq")
     from compile.quantize.ort_cpu import upgrade_opset
     from compile.quantize.trt_graphs import fp16
 
@@ -507,7 +679,8 @@ def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 
         model = load_graph(src.graph_path(graph))
         stats: dict[str, Any] = {}
         if graph == "decoder":
-            model, stats = convert_decoder(upgrade_opset(model) if qdq else model, weights, accuracy_level, scales, qdq)
+            model, stats = convert_decoder(upgrade_opset(model) if qdq else model, weights, accuracy_level, scales, qdq,
+                                           approximation)
         elif graph == "embed" and embeddings and not qdq:
             model, stats = convert_embed(model, weights)
         elif not qdq:
@@ -521,12 +694,17 @@ def convert(src: Bundle, out: Path, weights: GGUFWeights, accuracy_level: int = 
         graphs[graph] = {**stats, "bytes_before": graph_bytes(src.root, rel), "bytes_after": graph_bytes(out, rel)}
     form = ("float16; int4 DequantizeLinear (symmetric, block 32, axis 0) -> MatMul + block-sum offsets MatMul; "
             "lm_head float16" if qdq else "MatMulNBits (default zero point) + block-sum offsets MatMul")
+    extra = {} if approximation.exact else {"approximation": approximation.to_dict()}
+    if not approximation.exact:
+        form = (f"MatMulNBits; 4-bit offsets: {approximation.zero_points} (integer zero points unless exact); "
+                f"lm_head {approximation.lm_head}")
     return {"precision": {"name": "int4-qdq" if qdq else "int4", "target": "tensorrt" if qdq else "onnxruntime-cpu",
                           "method": "gguf-exact",
                           "gguf": {"path": str(weights.path.resolve()), "sha256": sha256_file(weights.path)},
                           "block_size": QK, "accuracy_level": None if qdq else accuracy_level, "form": form,
                           "lm_head": not qdq, "embeddings": embeddings and not qdq,
-                          "sgm_factors_in_scales": scales is not None, "graphs": graphs, **gguf_types(graphs, qdq)}}
+                          "sgm_factors_in_scales": scales is not None, "graphs": graphs, **gguf_types(graphs, qdq),
+                          **extra}}
 
 
 def gguf_types(graphs: dict[str, Any], qdq: bool) -> dict[str, Any]:
@@ -548,10 +726,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
                    help="MatMulNBits compute type: 4 int8 activations (default, fast), 1 float32 (exact, slow)")
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="keep the float32 embedding table")
+    add_approximation_args(p)
     p.add_argument("--no-check", dest="check", action="store_false")
     p.add_argument("--threads", type=int)
     p.add_argument("--overwrite", action="store_true")
     return p
+
+
+def add_approximation_args(p: argparse.ArgumentParser) -> None:
+    """--gguf-zero-points and --gguf-lm-head (Approximation), for this CLI and compile.quantize's."""
+    p.add_argument("--gguf-zero-points", choices=ZERO_POINTS, default="exact",
+                   help="gguf: 4-bit blocks with float offsets (Q4_1): exact (block-sums offsets MatMul, default), "
+                        "round (integer zero point round(-m/d), not exact) or refit (least-squares 4-bit refit "
+                        "with integer zero points, not exact)")
+    p.add_argument("--gguf-lm-head", choices=LM_HEADS, default="q8",
+                   help="gguf: the tied embedding's lm_head: q8 (the GGUF's Q8_0, exact, default), q4 (4-bit blocks "
+                        "fitted to it, integer zero points) or q4-sym (4-bit symmetric); the embedding stays 8-bit")
 
 
 def default_gguf(model_type: str | None = None) -> Path:
@@ -570,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     path = args.gguf or default_gguf(load_bundle(args.bundle).manifest.get("model_type"))
     manifest = gguf_bundle(args.bundle, path, args.out, args.accuracy_level, args.embeddings, args.overwrite,
-                           args.check, args.threads)
+                           args.check, args.threads, Approximation(args.gguf_zero_points, args.gguf_lm_head))
     for graph, g in manifest["precision"]["graphs"].items():
         if isinstance(g, dict):
             print(f"  {graph:<8} {g['converted']}  {g['bytes_before'] / 2**20:.1f} MiB -> {g['bytes_after'] / 2**20:.1f} "

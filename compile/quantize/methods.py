@@ -127,15 +127,19 @@ class GGUFExact(QuantMethod):
     def __call__(self, src: Bundle, out: Path) -> dict[str, Any]:
         from compile.quantize.gguf import GGUFWeights, convert, default_gguf
 
+        from compile.quantize.gguf import Approximation
+
         s = self.spec
         weights = GGUFWeights(s.gguf or default_gguf(src.manifest.get("model_type")))
-        return convert(src, out, weights, s.accuracy_level, s.embeddings, qdq=s.precision == "int4-qdq")
+        return convert(src, out, weights, s.accuracy_level, s.embeddings, qdq=s.precision == "int4-qdq",
+                       approximation=Approximation(s.gguf_zero_points, s.gguf_lm_head))
 
     @staticmethod
-    def blocks_of(bundle: Bundle) -> tuple[Any, Any, int]:
-        """(GGUF weights, the folded row scales or None, accuracy level) a gguf-exact `bundle` was written with,
-        to convert another graph of its model the same way (compile.fused's decoder)."""
-        from compile.quantize.gguf import GGUFWeights, folded_row_scales
+    def blocks_of(bundle: Bundle) -> tuple[Any, Any, int, Any]:
+        """(GGUF weights, the folded row scales or None, accuracy level, approximation) a gguf-exact `bundle` was
+        written with, to convert another graph of its model the same way (compile.fused's decoder)."""
+        from compile.quantize.gguf import Approximation, GGUFWeights, folded_row_scales
 
         q = bundle.quantization
-        return GGUFWeights(Path(q["gguf"]["path"])), folded_row_scales(bundle), q.get("accuracy_level") or 4
+        return (GGUFWeights(Path(q["gguf"]["path"])), folded_row_scales(bundle), q.get("accuracy_level") or 4,
+                Approximation.from_record(q.get("approximation")))

@@ -32,6 +32,9 @@ class QuantSpec:
     keep_fp32: tuple[str, ...] = ()
     method: str = "auto"  # int4: "gguf" (exact GGUF blocks), "rtn" (ORT's quantizer); auto: the model's recipe
     gguf: str | None = None  # the GGUF for method gguf (default: the bundle's model type's, compile.recipes)
+    # method gguf: compile.quantize.gguf.Approximation (exact / q8 keep the GGUF's weights)
+    gguf_zero_points: str = "exact"
+    gguf_lm_head: str = "q8"
 
     def check(self) -> None:
         """Refuse bad settings before anything loads."""
@@ -49,6 +52,15 @@ class QuantSpec:
             raise UserError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {self.method!r}")
         if self.method == "gguf" and self.precision not in GGUF_PRECISIONS:
             raise UserError("GGUF blocks convert exactly only to int4 or int4-qdq")
+        if (self.gguf_zero_points, self.gguf_lm_head) != ("exact", "q8"):
+            from compile.quantize.gguf import Approximation
+
+            Approximation(self.gguf_zero_points, self.gguf_lm_head)  # refuses unknown names
+            if self.method == "rtn" or self.precision != "int4":
+                raise UserError("--gguf-zero-points / --gguf-lm-head apply to the gguf method's int4 only")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "keep_fp32": list(self.keep_fp32), "skip_modules": list(self.skip_modules)}
+        d = {**asdict(self), "keep_fp32": list(self.keep_fp32), "skip_modules": list(self.skip_modules)}
+        if (self.gguf_zero_points, self.gguf_lm_head) == ("exact", "q8"):  # records as before the options existed
+            del d["gguf_zero_points"], d["gguf_lm_head"]
+        return d
