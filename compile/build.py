@@ -39,12 +39,14 @@ class JobDefaults:
 
     smol-llava (a safety-tuned chat LM) is measured SGM's way on every MM-TOXIC-QA condition. gemma-llava's base
     LM is toxic when it continues text and hardly through the image (docs/gemma-llava.md), so its main job
-    calibrates on judged offline texts (no generation) and evaluates the `continuation` condition with k = 10
-    samples per prompt (400 toxic-eliciting responses) beside the visual questions."""
+    calibrates on judged offline texts (no generation) at strength s = 2 (those experts cut little at s = 1) and
+    evaluates the `continuation` condition with k = 10 samples per prompt (400 toxic-eliciting responses) beside
+    the visual questions."""
 
     calib: str = "mmtoxicqa"
     calib_limit: int = DEFAULT_CALIB_LIMIT
     match_lengths: bool = False
+    strength: float | None = None  # None: calib.factors' default (s = 1)
     eval_conditions: tuple[str, ...] = CONDITIONS
     eval_limit: int = DEFAULT_EVAL_LIMIT
     eval_samples: int = RunSettings.samples
@@ -52,7 +54,7 @@ class JobDefaults:
     batch_size: int = RunSettings.batch_size
 
 
-JOB_DEFAULTS = {"gemma-llava": JobDefaults(calib="offline-text", calib_limit=0, match_lengths=True,
+JOB_DEFAULTS = {"gemma-llava": JobDefaults(calib="offline-text", calib_limit=0, match_lengths=True, strength=2.0,
                                            eval_conditions=("continuation", "visual"), eval_limit=40, eval_samples=10,
                                            max_new_tokens=32, batch_size=20)}
 
@@ -103,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--experts", type=Path, help="reuse an existing experts artifact instead of calibrating")
     g.add_argument("--method", choices=("sgm", "aura", "det0", "damp"), default=CalibrationSettings.method,
                    help="factor rule: SGM expertise-weighted soft suppression (default) or a baseline")
-    g.add_argument("--strength", type=float, help="SGM strength s in alpha = clip(1 - s(2 AUROC - 1), 0, 1)")
+    g.add_argument("--strength", type=float, help="SGM strength s in alpha = clip(1 - s(2 AUROC - 1), 0, 1) "
+                                                   "(default per model: 1; gemma-llava 2)")
     g.add_argument("--threshold", type=float, help="only units with AUROC above this are suppressed")
     g.add_argument("--top-k", type=int, help="cap the number of suppressed units (global, by AUROC)")
     g.add_argument("--top-fraction", type=float, default=CalibrationSettings.top_fraction,
@@ -232,7 +235,7 @@ def apply_job_defaults(args: argparse.Namespace) -> JobDefaults:
     """Fill the options left unset from the model's JobDefaults (in place); returns them."""
     d = job_defaults(args.model)
     for option, value in (("calib_source", d.calib), ("calib_limit", d.calib_limit), ("eval_limit", d.eval_limit),
-                          ("eval_samples", d.eval_samples)):
+                          ("eval_samples", d.eval_samples), ("strength", d.strength)):
         if getattr(args, option) is None:
             setattr(args, option, value)
     args.eval_conditions = parse_conditions(args.eval_conditions) if args.eval_conditions else d.eval_conditions

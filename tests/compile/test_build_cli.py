@@ -88,12 +88,12 @@ def test_gemma_llava_defaults_to_its_regime_and_options_still_win() -> None:
     args = parser().parse_args(["--model", "gemma-llava"])
     apply_job_defaults(args)
     calib, ev = calibration_settings(args), evaluation_settings(args)
-    assert (calib.calib, calib.limit, calib.match_lengths) == ("offline-text", None, True)
+    assert (calib.calib, calib.limit, calib.match_lengths, calib.strength) == ("offline-text", None, True, 2.0)
     assert ev.conditions == ("continuation", "visual") and (ev.limit, ev.settings.samples) == (40, 10)
     assert ev.settings.max_new_tokens == 32
     args = parser().parse_args(["--model", "gemma-llava", "--calib-source", "mmtoxicqa", "--eval-conditions",
-                                "standard,continuation", "--eval-samples", "3"])
+                                "standard,continuation", "--eval-samples", "3", "--strength", "1"])
     apply_job_defaults(args)
-    assert calibration_settings(args).calib == "mmtoxicqa"
+    assert (calibration_settings(args).calib, calibration_settings(args).strength) == ("mmtoxicqa", 1.0)
     ev = evaluation_settings(args)
     assert ev.conditions == ("standard", "continuation") and ev.settings.samples == 3
