@@ -25,13 +25,36 @@ def select(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generato
     p = np.exp(z)
     p /= p.sum()
     if config.top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, config.top_p) + 1)]
+        keep = nucleus(p, config.top_p)
         q = np.zeros_like(p)
         q[keep] = p[keep]
         p = q / q.sum()
     return int(rng.choice(p.size, p=p))
+
+
+NUCLEUS_CANDIDATES = (1024, 16384)  # heads sorted first, in turn; the full sort runs only when both fall short
+
+
+def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
+    """The top-p set of probabilities `p`: the shortest prefix of the tokens in descending probability (ties by
+    token id, as a stable sort orders them) whose cumulative probability reaches `top_p`.
+
+    Exactly `np.argsort(-p, kind="stable")`'s prefix, without sorting a 262k vocabulary each step (40 ms, the
+    largest cost of a sampled token on a CPU): the tokens at or above the k-th largest (k in NUCLEUS_CANDIDATES)
+    probability come first in that order, so their own stable sort is its head and their cumulative sum its
+    cumulative sum, summed in the same order."""
+    for k in NUCLEUS_CANDIDATES:
+        if p.size <= 2 * k:
+            break
+        threshold = np.partition(p, p.size - k)[p.size - k]
+        head = np.flatnonzero(p >= threshold)
+        head = head[np.argsort(-p[head], kind="stable")]
+        n = int(np.searchsorted(np.cumsum(p[head]), top_p))
+        if n < head.size:
+            return head[: n + 1]
+    order = np.argsort(-p, kind="stable")
+    cum = np.cumsum(p[order])
+    return order[: int(np.searchsorted(cum, top_p) + 1)]
 
 
 def token_loop(logits: np.ndarray, step: Callable[[list[int]], np.ndarray], config: GenerationConfig,
