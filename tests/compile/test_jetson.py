@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,10 +51,28 @@ def tiny(tmp_path_factory) -> Path:
     return out
 
 
+def fake_native_deps(root: Path) -> Path:
+    """A header cache laid out as scripts/native-setup leaves it, with stand-in headers (shipped, never compiled):
+    ONNX Runtime's and nlohmann's copyright files, no stb one."""
+    files = {"include/onnxruntime/onnxruntime_cxx_api.h": "// stand-in\n",
+             "include/onnxruntime/onnxruntime_c_api.h": "#define ORT_API_VERSION 21\n",
+             "include/nlohmann/json.hpp": "// stand-in\n", "include/nlohmann/detail/macro_scope.hpp": "// stand-in\n",
+             "include/stb/stb_image.h": "// stand-in\n",
+             "apt-trixie/root/usr/share/doc/libonnxruntime-dev/copyright": "License: Expat\n",
+             "apt-bookworm/root/usr/share/doc/nlohmann-json3-dev/copyright": "License: Expat\n",
+             "apt-trixie/debs/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb": ""}
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
 @pytest.fixture(scope="module")
 def shipped(tiny: Path, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("jetson-out") / "jetson"
-    return out, jetson.jetson_bundle(tiny, out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SGM_NATIVE_DEPS", str(fake_native_deps(tmp_path_factory.mktemp("native-deps"))))
+        return out, jetson.jetson_bundle(tiny, out)
 
 
 def _env(out: Path, fake: Path | None) -> dict[str, str]:
@@ -192,3 +211,135 @@ def test_scripts_build_engines_and_run_the_smoke(shipped, tmp_path: Path):
     assert report["harmful_rate"]["total"] == 8 and report["visual_accuracy"]["total"] == 2
     info = json.loads((tmp_path / "smoke2" / "smoke.json").read_text())
     assert info["backend"]["backend"] == "tensorrt" and info["items"] == 12 and not info["skipped_over_engine_limits"]
+
+
+def test_native_host_sources_headers_and_script(shipped):
+    out, manifest = shipped
+    repo = Path(jetson.__file__).resolve().parents[1]
+    assert sorted(p.name for p in (out / "native" / "src").iterdir()) == sorted(
+        p.name for p in (repo / "native" / "src").iterdir())
+    for rel in ("native/CMakeLists.txt", "native/tests/unit_tests.cpp", "native/tests/bundle_test.sh",
+                "native/deps/include/onnxruntime/onnxruntime_cxx_api.h", "native/deps/include/nlohmann/json.hpp",
+                "native/deps/include/nlohmann/detail/macro_scope.hpp", "native/deps/include/stb/stb_image.h",
+                "native/deps/licenses/libonnxruntime-dev/copyright", "build_native.sh"):
+        assert (out / rel).is_file(), rel
+        assert rel in manifest["files"]
+    assert os.access(out / "build_native.sh", os.X_OK) and os.access(out / "native/tests/bundle_test.sh", os.X_OK)
+    cmake = (out / "native" / "CMakeLists.txt").read_text()
+    assert "src/main.cpp" in cmake and "tests/unit_tests.cpp" in cmake and "native/src" not in cmake.split("\n", 2)[2]
+    native = manifest["native"]
+    assert native["script"] == "build_native.sh" and native["ort_api_version"] == 21
+    assert native["packages"] == {"libonnxruntime-dev": "1.21.0+dfsg-1"}
+    assert native["licenses"] == {"libonnxruntime-dev": "native/deps/licenses/libonnxruntime-dev/copyright",
+                                  "nlohmann-json3-dev": "native/deps/licenses/nlohmann-json3-dev/copyright",
+                                  "libstb-dev": None}
+    assert "native_reason" not in manifest
+    readme = (out / "README.md").read_text()
+    assert "## Optional: the native host" in readme and "`./build_native.sh`" in readme
+    assert "ONNX Runtime 1.21" in readme and "versioned" in readme and "was tried on a Jetson" in readme
+    for script in ("build_native.sh", "build_engines.sh", "smoke.sh"):
+        done = subprocess.run(["bash", "-n", str(out / script)], capture_output=True, text=True)
+        assert done.returncode == 0, (script, done.stderr)
+
+
+def test_without_the_header_cache_the_native_host_is_left_out(tiny: Path, tmp_path: Path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("SGM_NATIVE_DEPS", str(empty))
+    manifest = jetson.jetson_bundle(tiny, tmp_path / "jetson")
+    out = tmp_path / "jetson"
+    assert (out / "build_engines.sh").is_file() and (out / "bundle" / "manifest.json").is_file()
+    assert not (out / "native").exists() and not (out / "build_native.sh").exists()
+    assert manifest["native"] is None and json.loads((out / "manifest.json").read_text())["native"] is None
+    reason = manifest["native_reason"]
+    assert str(empty / "include" / "onnxruntime" / "onnxruntime_cxx_api.h") in reason
+    assert "run scripts/native-setup" in reason
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"compile.jetson: the native host is not included ({reason})"]
+    readme = (out / "README.md").read_text()
+    assert "## Optional: the native host\nNot included: " in readme and "scripts/native-setup" in readme
+
+
+def _native_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGM_ORT_") and k not in ("CXX", "CMAKE_GENERATOR")}
+    return {**env, "PYTHON": sys.executable, **extra}
+
+
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def _venv_ort_library() -> Path | None:
+    import onnxruntime
+
+    found = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.1.*"))
+    return found[-1] if found else None
+
+
+def test_build_native_names_what_is_missing(shipped, tmp_path: Path):
+    """One line and exit 2 for: no CMake, no compiler, no library, a library older than the headers."""
+    out, _ = shipped
+    script = str(out / "build_native.sh")
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "dirname").symlink_to(shutil.which("dirname"))
+    old = tmp_path / "lib" / "libonnxruntime.so.1.17.0"
+    old.parent.mkdir()
+    old.write_text("")
+    newer_headers = tmp_path / "ort-include"
+    newer_headers.mkdir()
+    (newer_headers / "onnxruntime_cxx_api.h").write_text("// stand-in\n")
+    (newer_headers / "onnxruntime_c_api.h").write_text("#define ORT_API_VERSION 99\n")
+    no_cxx, no_lib = tmp_path / "no-cxx", tmp_path / "nope.so"
+    cases = [(_native_env(PATH=str(bare)), "error: CMake is missing"),
+             (_native_env(CXX=str(no_cxx)), f"error: no C++17 compiler (CXX={no_cxx} not found)"),
+             (_native_env(PYTHON="false"), "error: no libonnxruntime.so: false has no onnxruntime package"),
+             (_native_env(SGM_ORT_LIBRARY=str(no_lib)), f"error: SGM_ORT_LIBRARY={no_lib} does not exist"),
+             (_native_env(SGM_ORT_LIBRARY=str(old)), f"error: {old} is ONNX Runtime 1.17, older than the headers")]
+    venv_lib = _venv_ort_library()
+    if venv_lib is not None:  # the library found through $PYTHON's onnxruntime package
+        cases.append((_native_env(SGM_ORT_INCLUDE_DIR=str(newer_headers)),
+                      f"error: {venv_lib.resolve()} is ONNX Runtime 1."))
+    for env, expected in cases:
+        done = subprocess.run([BASH, script], capture_output=True, text=True, env=env)
+        assert done.returncode == 2 and done.stderr.startswith(expected), (expected, done.stderr)
+        assert len(done.stderr.splitlines()) == 1
+    assert not (out / "build-native").exists()
+
+
+def _native_build_blocker() -> str | None:
+    """Why build_native.sh cannot build here, None when it can."""
+    reason = jetson.native_missing(jetson.native_deps_dir())
+    if reason:
+        return f"the native header cache is incomplete: {reason}"
+    if shutil.which("cmake") is None or shutil.which("make") is None:
+        return "CMake or make is not installed (apt-get install cmake make)"
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "no C++ compiler (c++, g++ or clang++) on PATH"
+    if _venv_ort_library() is None:
+        return "this venv's onnxruntime package has no capi/libonnxruntime.so.1.*"
+    return None
+
+
+@pytest.mark.slow
+def test_build_native_builds_sgm_run(tiny: Path, tmp_path: Path, monkeypatch):
+    """The shipped build_native.sh against the real header cache and this venv's library (x86-64, -j1, niced):
+    the host it builds starts, verifies the shipped bundle and passes the shipped ctest suite."""
+    blocker = _native_build_blocker()
+    if blocker:
+        pytest.skip(blocker)
+    monkeypatch.setenv("SGM_NATIVE_DEPS", str(jetson.native_deps_dir()))
+    out = tmp_path / "jetson"
+    assert jetson.jetson_bundle(tiny, out)["native"]["ort_api_version"] is not None
+    env = _native_env(SGM_ORT_LIBRARY=str(_venv_ort_library()), SGM_NATIVE_JOBS="1")
+    done = subprocess.run(["nice", "-n", "19", "bash", str(out / "build_native.sh")], capture_output=True,
+                          text=True, env=env, timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    host = out / "build-native" / "sgm-run"
+    assert f"sgm-run: {host} (try:" in done.stdout
+    helped = subprocess.run([str(host), "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: sgm-run")
+    verified = subprocess.run([str(host), "verify", "--bundle", str(out / "bundle")], capture_output=True, text=True)
+    assert verified.returncode == 0 and '"ok":true' in verified.stdout, verified.stderr
+    tested = subprocess.run(["ctest", "--test-dir", str(out / "build-native"), "--output-on-failure"],
+                            capture_output=True, text=True, env={**env, "SGM_TEST_BUNDLE": str(out / "bundle")})
+    assert tested.returncode == 0 and "100% tests passed, 0 tests failed out of 2" in tested.stdout, tested.stdout
