@@ -321,10 +321,12 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         src = bundle
         build.stage("engine", "engines", {"bundle": _manifest_sha(src)}, lambda out: build_engines(src, out))
     elif args.target == "jetson-orin":
-        from compile.jetson import jetson_bundle
+        from compile.jetson import jetson_bundle, native_deps_dir, native_missing
 
         src = bundle
-        build.stage("engine", "jetson", {"bundle": _manifest_sha(src)}, lambda out: jetson_bundle(src, out))
+        native = native_missing(native_deps_dir()) is None  # rebuilt with the native host once the headers exist
+        build.stage("engine", "jetson", {"bundle": _manifest_sha(src), "native_host": native},
+                    lambda out: jetson_bundle(src, out))
 
     report = None
     if not args.skip_eval:
