@@ -179,8 +179,11 @@ def gguf_blocks_for(node_name: str, weights: Any) -> Any:
         parts = [weights.blocks(f"blk.{i}.attn_{x}.weight") for x in "qkv"]
         if len({(p.bits, p.block_size) for p in parts}) != 1:
             raise UserError(f"layer {i}: q, k and v are quantized differently in the GGUF; cannot stack them")
+        zps = [p.zero_points for p in parts]
+        if any(z is None for z in zps) and any(z is not None for z in zps):
+            raise UserError(f"layer {i}: q, k and v differ in having zero points; cannot stack them")
         return Blocks(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("codes", "scales", "offsets")),
-                      parts[0].bits)
+                      parts[0].bits, None if zps[0] is None else np.concatenate(zps))
     return weights.blocks(f"blk.{i}.{_GGUF[module]}.weight")
 
 
@@ -203,7 +206,8 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
             nodes.append(node)
             continue
         worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
-                                          accuracy_level, approximation=approximation, departures=departures))
+                                          accuracy_level, approximation=approximation, departures=departures,
+                                          exact=getattr(weights, "exact", True)))
         kind = f"Q{blocks.bits}"
         converted[kind] = converted.get(kind, 0) + 1
     layers = sum(1 for n in graph.node if n.name.endswith("qkv_proj/MatMul"))
@@ -214,7 +218,7 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
         raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no converted MatMul")
     rewrite_graph(graph, nodes, dropped, added)
     _com_microsoft(model)
-    stats = {"method": "gguf-exact", "converted": converted, "max_abs_diff_vs_float32": worst,
+    stats = {"method": getattr(weights, "method", "gguf-exact"), "converted": converted, "max_abs_diff_vs_float32": worst,
              "folded_modules": len(folded), "accuracy_level": accuracy_level}
     if approximation is not None and not approximation.exact:
         stats["approximation"] = {**approximation.to_dict(), "departures": departure_summary(departures)}
@@ -310,8 +314,9 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
     """Write a copy of the bundle with a fused decoder; returns its manifest. `prebuilt`: a directory the builder
     already wrote (model.onnx + genai_config.json) for this checkpoint, instead of running it (an fp32 build for
     weights "gguf"). `weights` (int4): "gguf" converts the builder's float32 graph to the GGUF's own blocks, as
-    the bundle's standard decoder has them (auto for a bundle of compile.quantize's gguf method); "builder"
-    keeps the builder's own int4 (RTN, which cannot land on the GGUF's grid)."""
+    the bundle's standard decoder has them (auto for a bundle of compile.quantize's gguf method); "bundle" puts the
+    standard decoder's own MatMulNBits blocks into it (auto for the gptq method); "builder" keeps the builder's own
+    int4 (RTN, which cannot land on the GGUF's grid)."""
     from compile.quantize.derive import derive_bundle
     from compile.quantize.derive import copy_graph as copy_bundle_graph
     from runtime.artifacts import check_output
@@ -330,16 +335,23 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(why)
     method = src.quantization.get("method")
     if weights == "auto":
-        weights = "gguf" if precision == "int4" and method == "gguf-exact" else "builder"
-    if weights not in ("gguf", "builder"):
-        raise UserError(f"weights must be gguf, builder or auto, not {weights!r}")
+        weights = {"gguf-exact": "gguf", "gptq": "bundle"}.get(method, "builder") if precision == "int4" else "builder"
+    if weights not in ("gguf", "bundle", "builder"):
+        raise UserError(f"weights must be gguf, bundle, builder or auto, not {weights!r}")
     if weights == "gguf" and method != "gguf-exact":
         raise UserError(f"{bundle_dir} does not hold GGUF blocks (precision method {method!r}); use --weights builder")
+    if weights == "bundle" and (precision != "int4" or src.precision != "int4"):
+        raise UserError("--weights bundle copies an int4 bundle's blocks into an int4 fused decoder")
     gguf = None
     if weights == "gguf":
         from compile.quantize.registry import method
 
         gguf = method("gguf-exact").blocks_of(src)
+    elif weights == "bundle":
+        from compile.quantize.graphs import load_graph
+        from compile.quantize.gptq import DecoderBlocks
+
+        gguf = (DecoderBlocks(load_graph(src.graph_path("decoder"))), None, src.quantization.get("accuracy_level") or 4)
     extra = rtn_options(src.quantization) if weights == "builder" and precision == "int4" else []
     python = builder_python or default_builder_python()
     if prebuilt is None:
@@ -408,9 +420,10 @@ def parser() -> argparse.ArgumentParser:
                                             "(default: this one; scripts/setup installs the builder into .venv)")
     p.add_argument("--prebuilt", type=Path, help="use this builder output directory instead of running the builder "
                                                  "(its fp32 build for --weights gguf)")
-    p.add_argument("--weights", choices=("auto", "gguf", "builder"), default="auto",
+    p.add_argument("--weights", choices=("auto", "gguf", "bundle", "builder"), default="auto",
                    help="int4: the GGUF's own blocks converted from the builder's fp32 graph (auto for a gguf-method "
-                        "bundle) or the builder's own int4 RTN")
+                        "bundle), the bundle's standard decoder's blocks put into that graph (auto for a gptq bundle), "
+                        "or the builder's own int4 RTN")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the check")
     p.add_argument("--overwrite", action="store_true")
     return p

@@ -56,6 +56,7 @@ FORMS = {"Q4_1": "4-bit MatMulNBits, block 32, + block-sum offsets", "Q4_K": "4-
          "Q8_0": "8-bit MatMulNBits, block 32", "Q6_K": "8-bit MatMulNBits, block 16"}
 PERMUTED_ARCHS = ("llama",)  # architectures whose q/k rows llama.cpp permutes (transformers' LlamaTensorProcessor)
 CHECK_RTOL = 1e-6  # |dequantized GGUF - float32 initializer| <= CHECK_RTOL * max|w| per tensor
+QUANTIZED_RTOL = 0.5  # RMS(4-bit blocks - float weight) / RMS(weight) above this: not this weight's blocks
 _MODULES = {"self_attn/q_proj": "attn_q", "self_attn/k_proj": "attn_k", "self_attn/v_proj": "attn_v",
             "self_attn/o_proj": "attn_output", "mlp/gate_proj": "ffn_gate", "mlp/up_proj": "ffn_up",
             "mlp/down_proj": "ffn_down"}
@@ -364,13 +365,20 @@ def gguf_name(node_name: str) -> str | None:
     return f"blk.{m.group(1)}.{_MODULES[m.group(2)]}.weight" if m else None
 
 
-def _check(blocks: Blocks, weight: np.ndarray, what: str) -> float:
-    """max |GGUF - float32| over the weight [K, N]; refuses a mismatch."""
+def _check(blocks: Blocks, weight: np.ndarray, what: str, exact: bool = True) -> float:
+    """max |GGUF - float32| over the weight [K, N]; refuses a mismatch. Blocks that quantize the weight rather than
+    equal it (`exact` False: compile.quantize.gptq.DecoderBlocks) must be within QUANTIZED_RTOL of it (RMS)."""
     deq = blocks.dequantize()
     if deq.shape != weight.T.shape:
         raise UserError(f"{what}: the GGUF tensor is {deq.shape[::-1]}, the bundle's weight {weight.shape}; "
                         "this GGUF is not the checkpoint the bundle was exported from")
     err = float(np.abs(deq - weight.T).max())
+    if not exact:
+        rel = float(np.sqrt(np.mean((deq - weight.T) ** 2) / max(np.mean(weight.astype(np.float64) ** 2), 1e-30)))
+        if rel > QUANTIZED_RTOL:
+            raise UserError(f"{what}: the quantized blocks differ from the float weight by {rel:.2f} of its RMS; "
+                            "they are not this checkpoint's weights (the bundle and --checkpoint differ)")
+        return err
     if err > CHECK_RTOL * float(np.abs(weight).max()):
         raise UserError(f"{what}: the GGUF weights differ from the bundle's by up to {err:.3g}; this GGUF is not "
                         "the checkpoint the bundle was exported from (or the bundle is already detoxified: convert "
@@ -466,16 +474,16 @@ def _block_sums(a: str, k: int) -> tuple[str, list[onnx.NodeProto], list[onnx.Te
 def replace_matmul(node: Any, blocks: Any, inits: dict[str, Any], row_scales: dict[str, np.ndarray] | None,
                    folded: list[str], sums_of: dict[str, str], nodes: list, added: list, dropped: set,
                    accuracy_level: int = 4, qdq: bool = False, approximation: Approximation | None = None,
-                   departures: dict[str, Any] | None = None) -> float:
+                   departures: dict[str, Any] | None = None, exact: bool = True) -> float:
     """Replace one float MatMul by its GGUF blocks (scaled by its unit's SGM factors when given, checked against
-    the float weight): appends the new nodes and tensors (block sums shared per activation in `sums_of`), marks
+    the float weight; `exact` False: blocks that quantize it, _check): appends the new nodes and tensors (block sums shared per activation in `sums_of`), marks
     the float weight dropped; returns the check's max |difference|. An `approximation` that is not exact changes
     the checked blocks afterwards; how far each changed weight moved goes into `departures` (record_departure)."""
     unit = unit_of(node.name)
     if row_scales and unit in row_scales:
         blocks = blocks.scale_rows(np.asarray(row_scales[unit], np.float32))
         folded.append(unit)
-    diff = _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name)
+    diff = _check(blocks, numpy_helper.to_array(inits[node.input[1]]), node.name, exact)
     if approximation is not None and not approximation.exact:
         if qdq:
             raise UserError("the approximations (--gguf-zero-points, --gguf-lm-head) are for MatMulNBits, not int4-qdq")

@@ -6,7 +6,9 @@
 - `fp16`: all three graphs cast to float16 (TensorRT);
 - `qdq`: float16 graphs with the decoder's weights as symmetric blockwise int4 DequantizeLinear -> MatMul;
 - `static-qdq`: int8 Q/DQ on decoder activations and weights, ranges calibrated on the source bundle;
-- `gguf-exact`: the GGUF's own blocks (compile.quantize.gguf), as MatMulNBits or, for int4-qdq, Q/DQ.
+- `gguf-exact`: the GGUF's own blocks (compile.quantize.gguf), as MatMulNBits or, for int4-qdq, Q/DQ;
+- `gptq`: int4 MatMulNBits blocks chosen by GPTQ on the bundle's own calibration activations (compile.quantize.gptq),
+  the embedding table as the GGUF's exact 8-bit one where the model has a GGUF, else RTN int4.
 Each returns the manifest's `precision` record; `method` in it keeps the names bundles have always recorded.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from compile.quantize.graphs import graph_bytes, load_graph, save_graph
 from compile.quantize.registry import QuantMethod, register
 from compile.quantize.spec import TARGETS
 from runtime.bundle import GRAPHS, Bundle
+from runtime.errors import UserError
 
 
 def _rewrite(src: Bundle, out: Path, graph: str, model: Any) -> dict[str, Any]:
@@ -118,6 +121,43 @@ class StaticInt8QDQ(_Recorded):
         feeds = decoder_feeds(src.root, calibration_items(n_img, s.calibration_items - n_img))
         return _decoder_file(src, out, lambda a, b: trt_graphs.static_int8(a, b, feeds, s.lm_head, _external(src),
                                                                             s.skip_modules))
+
+
+@register("gptq", ("int4",), default=False, recorded="gptq")
+class GPTQ(_Recorded):
+    """int4 decoder Linears by GPTQ (integer zero points, or symmetric), fitted on prefill activations of
+    `calibration_items` prompts (half image prompts, half corpus paragraphs; none of them the check's)."""
+
+    def graphs(self, src: Bundle, out: Path) -> dict[str, Any]:
+        from compile.quantize.calibration import calibration_items, decoder_feeds
+        from compile.quantize.gptq import quantize_decoder
+
+        s = self.spec
+        if s.block_size != 32:
+            raise UserError(f"GPTQ writes blocks of 32 (got --block-size {s.block_size})")
+        n_img = s.calibration_items // 2
+        feeds = decoder_feeds(src.root, calibration_items(n_img, s.calibration_items - n_img))
+        model, stats = quantize_decoder(load_graph(src.graph_path("decoder")), feeds, s.accuracy_level, s.symmetric,
+                                        s.lm_head)
+        graphs = {"decoder": {**stats, **_rewrite(src, out, "decoder", model)}}
+        if s.embeddings:
+            graphs["embed"] = self._embeddings(src, out)
+        return graphs
+
+    def _embeddings(self, src: Bundle, out: Path) -> dict[str, Any]:
+        """The GGUF's exact 8-bit table for a model the recipes quantize from a GGUF, else RTN int4 blocks."""
+        from compile.recipes import RECIPES
+
+        recipe = RECIPES.get(src.manifest.get("model_type"))
+        s = self.spec
+        if recipe is not None and recipe.quantizes_from_gguf(src.manifest, "int4"):
+            from compile.quantize.gguf import GGUFWeights, convert_embed, default_gguf
+
+            weights = GGUFWeights(s.gguf or default_gguf(src.manifest.get("model_type")))
+            model, stats = convert_embed(load_graph(src.graph_path("embed")), weights)
+        else:
+            model, stats = ort_cpu.int4_embeddings(load_graph(src.graph_path("embed")), s.block_size, s.symmetric)
+        return {**stats, **_rewrite(src, out, "embed", model)}
 
 
 @register("gguf-exact", ("int4", "int4-qdq"), default=False)

@@ -63,6 +63,8 @@ def method_name(src: Bundle, spec: QuantSpec) -> str:
     if spec.method == "gguf" or (spec.method == "auto" and spec.precision in METHODS["gguf-exact"].precisions
                                  and recipe is not None and recipe.quantizes_from_gguf(src.manifest, spec.precision)):
         return "gguf-exact"
+    if spec.method == "gptq":
+        return "gptq"
     if spec.precision == "int8" and spec.int8_mode == "dynamic":
         return "dynamic"
     return next(n for n, m in METHODS.items() if m.chosen_by_default and spec.precision in m.precisions)

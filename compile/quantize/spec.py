@@ -12,7 +12,7 @@ PRECISIONS = tuple(TARGETS)
 FLOAT16 = ("fp16", "int4-qdq")  # precisions whose graphs compute in float16
 INT8_MODES = ("weight-only", "dynamic")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
-METHOD_CHOICES = ("auto", "rtn", "gguf")
+METHOD_CHOICES = ("auto", "rtn", "gguf", "gptq")
 GGUF_PRECISIONS = ("int4", "int4-qdq")
 
 
@@ -52,11 +52,13 @@ class QuantSpec:
             raise UserError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {self.method!r}")
         if self.method == "gguf" and self.precision not in GGUF_PRECISIONS:
             raise UserError("GGUF blocks convert exactly only to int4 or int4-qdq")
+        if self.method == "gptq" and self.precision != "int4":
+            raise UserError("GPTQ writes int4 MatMulNBits blocks only (--precision int4)")
         if (self.gguf_zero_points, self.gguf_lm_head) != ("exact", "q8"):
             from compile.quantize.gguf import Approximation
 
             Approximation(self.gguf_zero_points, self.gguf_lm_head)  # refuses unknown names
-            if self.method == "rtn" or self.precision != "int4":
+            if self.method in ("rtn", "gptq") or self.precision != "int4":
                 raise UserError("--gguf-zero-points / --gguf-lm-head apply to the gguf method's int4 only")
 
     def to_dict(self) -> dict[str, Any]:

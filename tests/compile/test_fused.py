@@ -212,3 +212,23 @@ def test_int4_fused_decoder_holds_the_standard_decoders_rtn_weights(builder, mod
     assert "MatMulNBits" in manifest["fused_decoder"]["contrib_ops"]
     check = manifest["check"]
     assert check["identical_greedy"] == check["prompts"] and check["max_abs_dlogit_prefill"] < 1e-3
+
+
+def test_int4_fused_decoder_holds_a_gptq_bundles_blocks(builder, models, bundles, tmp_path):
+    """A gptq bundle's blocks cannot be re-derived from the float weights (they depend on calibration activations),
+    so the fused decoder takes them from the standard decoder (weights "bundle", auto for the gptq method): the two
+    decoders then hold the same int4 weights and agree to float noise."""
+    from compile.quantize import QuantSpec, quantize_bundle
+
+    int4 = tmp_path / "gptq"
+    quantize_bundle(bundles["gemma3"], int4, QuantSpec("int4", method="gptq", calibration_items=4))
+    assert load_bundle(int4).quantization["method"] == "gptq"
+    manifest = add_fused_decoder(int4, models["gemma3"], tmp_path / "gptq-fused", builder_python=builder, threads=1)
+    weights = manifest["fused_decoder"]["weights"]
+    assert weights["method"] == "the standard decoder's blocks" and sum(weights["converted"].values()) > 0
+    check = manifest["check"]
+    assert check["identical_greedy"] == check["prompts"] and check["max_abs_dlogit_prefill"] < 0.05
+    # the builder's own RTN of the same checkpoint is another set of int4 weights: much further from the bundle's
+    rtn = add_fused_decoder(int4, models["gemma3"], tmp_path / "rtn-fused", builder_python=builder, threads=1,
+                            weights="builder")["check"]
+    assert rtn["max_abs_dlogit_prefill"] > 5 * check["max_abs_dlogit_prefill"], (rtn, check)

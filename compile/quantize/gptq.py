@@ -1,0 +1,219 @@
+"""GPTQ int4 blocks for a decoder's MatMuls: 4-bit codes chosen column by column so that the layer's output on
+calibration activations, not each weight, stays close (Frantar et al., "GPTQ", 2023).
+
+    hessians(model, feeds)       X^T X of every MatMul input over the calibration feeds, one pass of the graph
+    gptq_blocks(w, h, symmetric) the blocks (compile.quantize.gguf.Blocks: codes, scale, integer zero point) of one
+                                 weight [N, K] given its input's Hessian [K, K]
+
+Why this exists beside ORT's RTN: the embedded models' weights are already 4-bit (GGUF Q4_1 / Q4_K blocks with float
+offsets), so rounding them onto MatMulNBits' integer-zero-point grid moves every weight by up to half a step
+(+20-33% perplexity, BENCHMARKS.md "Removing the two costs"); GPTQ spends that error where the activations do not
+see it. onnxruntime ships a GPTQ (onnxruntime.quantization.neural_compressor), but it runs the whole graph once
+per distinct MatMul input (about 120 passes for a 30-layer model), re-rounds its own output with min / max
+scales (leaving its grid when a block does not use both end codes), and returns a graph rather than blocks, which
+compile.fused needs to put the same weights into its fused decoder. The algorithm below is the paper's (lazy batch
+updates of 128 columns, Cholesky of the damped inverse Hessian, group-wise scales fixed when a group starts) with
+compile.quantize.gguf.fit_int4 choosing each group's scale and zero point.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compile.quantize.gguf import QK, Blocks, fit_int4
+from runtime.errors import UserError
+
+DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's percdamp)
+LAZY = 128  # columns per lazy batch update (a multiple of the block size)
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The MatMuls whose second input is a 2-D initializer (the Linears)."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [n for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) == 2 and len(shapes.get(n.input[1], ())) == 2]
+
+
+def hessians(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], inputs: Iterable[str],
+             threads: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """(X^T X [K, K] float64 for each named MatMul input, summed over every position of every feed; positions).
+
+    The graph runs once per feed with the inputs added as outputs (written to a temporary file with external
+    data, so graphs past protobuf's 2 GB load too)."""
+    import onnxruntime as ort
+
+    names = sorted(set(inputs))
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory(prefix="sgm-gptq-") as tmp:
+        path = Path(tmp) / "calibrate.onnx"
+        onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="calibrate.onnx.data", size_threshold=1024)
+        del m
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    h: dict[str, np.ndarray] = {}
+    positions = 0
+    for feed in feeds:
+        outs = session.run(names, feed)
+        for name, x in zip(names, outs):
+            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            h[name] = h[name] + x.T @ x if name in h else x.T @ x
+        positions += int(outs[0].reshape(-1, outs[0].shape[-1]).shape[0])
+    return h, positions
+
+
+def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: float = DAMP) -> Blocks:
+    """4-bit blocks of 32 along K for the weight w [N, K] whose input has Hessian h [K, K] (GPTQ).
+
+    Each group's scale and zero point are fitted (fit_int4) to the group's weights as they stand when the group
+    starts, i.e. after the error of the groups before it has been spread into them; the codes of a column are
+    then rounded and the column's error pushed onto the columns after it through the inverse Hessian."""
+    n, k = w.shape
+    if k % QK:
+        raise ValueError(f"GPTQ blocks need K divisible by {QK}, got {k}")
+    w = np.array(w, np.float32, copy=True)
+    h = np.array(h, np.float64, copy=True)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    u = np.linalg.cholesky(np.linalg.inv(h)).T.astype(np.float32)  # upper: the inverse Hessian's Cholesky factor
+    codes = np.empty((n, k // QK, QK), np.uint8)
+    scales = np.empty((n, k // QK), np.float32)
+    zps = np.empty((n, k // QK), np.uint8)
+    for i1 in range(0, k, LAZY):
+        i2 = min(i1 + LAZY, k)
+        w1 = w[:, i1:i2]  # a view: updates land in w
+        err = np.zeros((n, i2 - i1), np.float32)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = col // QK
+            if col % QK == 0:
+                fit = fit_int4(w1[:, i:i + QK], symmetric=symmetric)
+                scales[:, g] = fit.scales[:, 0]
+                zps[:, g] = 8 if fit.zero_points is None else fit.zero_points[:, 0]
+            s, z = scales[:, g], zps[:, g].astype(np.float32)
+            q = np.clip(np.rint(np.where(s != 0, w1[:, i] / np.where(s != 0, s, 1), 0)) + z, 0, 15)
+            codes[:, g, col % QK] = q
+            e = (w1[:, i] - s * (q - z)) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err[:, i] = e
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    if symmetric:
+        return Blocks(codes, scales, -8.0 * scales, 4)
+    return Blocks(codes, scales, -zps.astype(np.float32) * scales, 4, zps)
+
+
+def relative_output_error(w: np.ndarray, blocks: Blocks, h: np.ndarray) -> float:
+    """sqrt(tr(dW H dW^T) / tr(W H W^T)): the layer's output error on the calibration activations, relative."""
+    d = (blocks.dequantize() - w).astype(np.float64)
+    w = w.astype(np.float64)
+    return float(np.sqrt(np.einsum("nk,kj,nj->", d, h, d) / max(np.einsum("nk,kj,nj->", w, h, w), 1e-30)))
+
+
+def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], accuracy_level: int = 4,
+                     symmetric: bool = False, lm_head: bool = True,
+                     threads: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Every Linear of the decoder (lm_head too unless `lm_head` is False) as a 4-bit MatMulNBits with GPTQ blocks
+    fitted on `feeds` (prefill feeds of this decoder: compile.quantize.calibration.decoder_feeds)."""
+    from tqdm import tqdm
+
+    from compile.quantize.gguf import _com_microsoft, matmul_nbits_node, rewrite_graph
+    from compile.quantize.graphs import is_lm_head
+
+    graph = model.graph
+    targets = {n.name for n in weight_matmuls(model) if lm_head or not is_lm_head(n.name)}
+    if not targets:
+        raise UserError("the decoder has no MatMul with a constant weight to quantize")
+    inits = {t.name: t for t in graph.initializer}
+    h, positions = hessians(model, feeds, {n.input[0] for n in graph.node if n.name in targets}, threads)
+    nodes: list[onnx.NodeProto] = []
+    added: list[onnx.TensorProto] = []
+    dropped: set[str] = set()
+    errors: dict[str, float] = {}
+    bar = tqdm(total=len(targets), desc="GPTQ int4", unit="linear", leave=False)
+    for node in graph.node:
+        if node.name not in targets:
+            nodes.append(node)
+            continue
+        bar.update()
+        w = numpy_helper.to_array(inits[node.input[1]]).T
+        blocks = gptq_blocks(w, h[node.input[0]], symmetric)
+        errors[node.name] = relative_output_error(w, blocks, h[node.input[0]])
+        new, tensors = matmul_nbits_node(node, blocks, accuracy_level, None)
+        nodes.extend(new)
+        added.extend(tensors)
+        dropped.add(node.input[1])
+    bar.close()
+    rewrite_graph(graph, nodes, dropped, added)
+    _com_microsoft(model)
+    layers = [v for k, v in errors.items() if not is_lm_head(k)]
+    heads = [v for k, v in errors.items() if is_lm_head(k)]
+    stats = {"op": "MatMulNBits", "quantized": len(errors), "calibration": {"feeds": len(feeds), "positions": positions},
+             "symmetric": symmetric, "damp": DAMP,
+             "relative_output_error": {"layers_mean": float(np.mean(layers)) if layers else None,
+                                       "layers_max": float(np.max(layers)) if layers else None,
+                                       "lm_head": heads[0] if heads else None},
+             "kept_float": [] if lm_head else [n.name for n in weight_matmuls(model) if is_lm_head(n.name)]}
+    return model, stats
+
+
+def unpack_matmul_nbits(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> Blocks:
+    """The blocks of a MatMulNBits node (4- or 8-bit, optional uint8 zero points), as compile.quantize.gguf.Blocks."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    n, k, bits, bs = attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
+    nb = -(-k // bs)
+    b = numpy_helper.to_array(inits[node.input[1]]).reshape(n, nb, -1)
+    codes = b if bits == 8 else np.stack([b & 0x0F, b >> 4], axis=-1).reshape(n, nb, bs)
+    scales = numpy_helper.to_array(inits[node.input[2]]).reshape(n, nb).astype(np.float32)
+    zp = None
+    if len(node.input) > 3 and node.input[3]:
+        z = numpy_helper.to_array(inits[node.input[3]])
+        if z.dtype != np.uint8:
+            raise UserError(f"{node.name}: float zero points are not blocks this converter reads")
+        zp = z.reshape(n, -1) if bits == 8 else np.stack([z & 0x0F, z >> 4], -1).reshape(n, -1)[:, :nb]
+    default = float(1 << (bits - 1))
+    offsets = -(zp.astype(np.float32) if zp is not None else default) * scales
+    return Blocks(np.ascontiguousarray(codes, np.uint8), scales, offsets.astype(np.float32), bits, zp)
+
+
+class DecoderBlocks:
+    """The MatMulNBits blocks of an int4 bundle's standard decoder by GGUF tensor name (compile.quantize.gguf's
+    naming), so compile.fused writes the same weights into its fused decoder (compile.fused.convert_to_gguf).
+    `exact` is False: the blocks are a quantization of the checkpoint's float weights, not equal to them."""
+
+    exact = False
+    method = "the standard decoder's blocks"
+
+    def __init__(self, decoder: onnx.ModelProto):
+        from compile.quantize.gguf import gguf_name
+
+        inits = {t.name: t for t in decoder.graph.initializer}
+        self._blocks: dict[str, Blocks] = {}
+        for node in decoder.graph.node:
+            if node.op_type != "MatMulNBits":
+                continue
+            name = gguf_name(node.name.rsplit("_Q", 1)[0])
+            if name is not None:
+                self._blocks[name] = unpack_matmul_nbits(node, inits)
+        if not self._blocks:
+            raise UserError("the bundle's decoder has no MatMulNBits Linears to copy")
+
+    def blocks(self, name: str) -> Blocks:
+        if name not in self._blocks:
+            raise UserError(f"the bundle's standard decoder has no quantized weight for {name}")
+        return self._blocks[name]
+
+
+__all__ = ["DecoderBlocks", "gptq_blocks", "hessians", "quantize_decoder", "relative_output_error", "weight_matmuls"]
