@@ -11,9 +11,9 @@ offsets), so rounding them onto MatMulNBits' integer-zero-point grid moves every
 see it. onnxruntime ships a GPTQ (onnxruntime.quantization.neural_compressor), but it runs the whole graph once
 per distinct MatMul input (about 120 passes for a 30-layer model), re-rounds its own output with min / max
 scales (leaving its grid when a block does not use both end codes), and returns a graph rather than blocks, which
-compile.fused needs to put the same weights into its fused decoder. The algorithm below is the paper's (lazy batch
-updates of 128 columns, Cholesky of the damped inverse Hessian, group-wise scales fixed when a group starts) with
-compile.quantize.gguf.fit_int4 choosing each group's scale and zero point.
+compile.fused needs to put the same weights into its fused decoder. The algorithm below is the paper's reference
+code (lazy batch updates of 128 columns, Cholesky of the damped inverse Hessian, group-wise min / max scales fixed
+when a group starts), in torch.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compile.quantize.gguf import QK, Blocks, fit_int4
+from compile.quantize.gguf import QK, Blocks
 from runtime.errors import UserError
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's percdamp)
@@ -66,53 +66,72 @@ def hessians(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], inp
     for feed in feeds:
         outs = session.run(names, feed)
         for name, x in zip(names, outs):
-            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            h[name] = h[name] + x.T @ x if name in h else x.T @ x
+            x = x.reshape(-1, x.shape[-1]).astype(np.float32)
+            xtx = (x.T @ x).astype(np.float64)  # one feed's sum in float32 (SGEMM), the running sum in float64
+            h[name] = h[name] + xtx if name in h else xtx
         positions += int(outs[0].reshape(-1, outs[0].shape[-1]).shape[0])
     return h, positions
+
+
+def minmax_params(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) per row of w [N, 32] on the 4-bit grid: the range with 0 in it over 15 steps, zero point
+    round(-min / scale) (symmetric: |max| / 7.5 at zero point 8), as ORT's RTN and GPTQ's reference code fit them."""
+    lo, hi = np.minimum(w.min(1), 0), np.maximum(w.max(1), 0)
+    if symmetric:
+        s = np.maximum(-lo, hi) / 7.5
+        return np.where(s > 0, s, 1.0).astype(np.float32), np.full(len(w), 8.0, np.float32)
+    s = (hi - lo) / 15.0
+    s = np.where(s > 0, s, 1.0).astype(np.float32)
+    return s, np.clip(np.rint(-lo / s), 0, 15).astype(np.float32)
 
 
 def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: float = DAMP) -> Blocks:
     """4-bit blocks of 32 along K for the weight w [N, K] whose input has Hessian h [K, K] (GPTQ).
 
-    Each group's scale and zero point are fitted (fit_int4) to the group's weights as they stand when the group
-    starts, i.e. after the error of the groups before it has been spread into them; the codes of a column are
-    then rounded and the column's error pushed onto the columns after it through the inverse Hessian."""
+    Each group's scale and zero point are fitted (minmax_params) to the group's weights as they stand when the
+    group starts, i.e. after the error of the groups before it has been spread into them; the codes of a column
+    are then rounded and the column's error pushed onto the columns after it through the inverse Hessian's
+    Cholesky factor (in place, torch: a rank-1 update over all N rows per column)."""
+    import torch
+
     n, k = w.shape
     if k % QK:
         raise ValueError(f"GPTQ blocks need K divisible by {QK}, got {k}")
-    w = np.array(w, np.float32, copy=True)
     h = np.array(h, np.float64, copy=True)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
-    u = np.linalg.cholesky(np.linalg.inv(h)).T.astype(np.float32)  # upper: the inverse Hessian's Cholesky factor
-    codes = np.empty((n, k // QK, QK), np.uint8)
-    scales = np.empty((n, k // QK), np.float32)
-    zps = np.empty((n, k // QK), np.uint8)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(torch.from_numpy(h))), upper=True)
+    u = hinv.to(torch.float32)
+    wt = torch.from_numpy(np.ascontiguousarray(w.T, np.float32)).clone()  # [K, N]: a column of w is a row here
+    wt[torch.from_numpy(dead)] = 0.0
+    codes = np.empty((k, n), np.uint8)
+    scales = np.empty((k // QK, n), np.float32)
+    zps = np.empty((k // QK, n), np.float32)
+    s_t = z_t = None
     for i1 in range(0, k, LAZY):
         i2 = min(i1 + LAZY, k)
-        w1 = w[:, i1:i2]  # a view: updates land in w
-        err = np.zeros((n, i2 - i1), np.float32)
+        w1 = wt[i1:i2]
+        err = torch.zeros((i2 - i1, n), dtype=torch.float32)
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            g = col // QK
             if col % QK == 0:
-                fit = fit_int4(w1[:, i:i + QK], symmetric=symmetric)
-                scales[:, g] = fit.scales[:, 0]
-                zps[:, g] = 8 if fit.zero_points is None else fit.zero_points[:, 0]
-            s, z = scales[:, g], zps[:, g].astype(np.float32)
-            q = np.clip(np.rint(np.where(s != 0, w1[:, i] / np.where(s != 0, s, 1), 0)) + z, 0, 15)
-            codes[:, g, col % QK] = q
-            e = (w1[:, i] - s * (q - z)) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err[:, i] = e
-        w[:, i2:] -= err @ u[i1:i2, i2:]
+                g = col // QK
+                scales[g], zps[g] = minmax_params(w1[i:i + QK].T.numpy(), symmetric)
+                s_t, z_t = torch.from_numpy(scales[g]), torch.from_numpy(zps[g])
+            q = torch.clamp(torch.round(w1[i] / s_t) + z_t, 0, 15)
+            codes[col] = q.numpy()
+            e = (w1[i] - s_t * (q - z_t)) / u1[i, i]
+            w1[i:].addmm_(u1[i, i:, None], e[None], alpha=-1.0)  # rank-1 through GEMM: 8x addr_ here
+            err[i] = e
+        if i2 < k:
+            wt[i2:].addmm_(u[i1:i2, i2:].T, err, alpha=-1.0)
+    codes = np.ascontiguousarray(codes.T.reshape(n, k // QK, QK))
+    scales, zp = np.ascontiguousarray(scales.T), np.ascontiguousarray(zps.T).astype(np.uint8)
     if symmetric:
         return Blocks(codes, scales, -8.0 * scales, 4)
-    return Blocks(codes, scales, -zps.astype(np.float32) * scales, 4, zps)
+    return Blocks(codes, scales, -zp.astype(np.float32) * scales, 4, zp)
 
 
 def relative_output_error(w: np.ndarray, blocks: Blocks, h: np.ndarray) -> float:

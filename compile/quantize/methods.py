@@ -25,6 +25,9 @@ from runtime.bundle import GRAPHS, Bundle
 from runtime.errors import UserError
 
 
+GPTQ_IMAGE_SHARE = 4  # one calibration prompt in this many is an image prompt (the rest: corpus paragraphs)
+
+
 def _rewrite(src: Bundle, out: Path, graph: str, model: Any) -> dict[str, Any]:
     rel = src.spec.graphs[graph]
     external = save_graph(model, out / rel)
@@ -126,7 +129,8 @@ class StaticInt8QDQ(_Recorded):
 @register("gptq", ("int4",), default=False, recorded="gptq")
 class GPTQ(_Recorded):
     """int4 decoder Linears by GPTQ (integer zero points, or symmetric), fitted on prefill activations of
-    `calibration_items` prompts (half image prompts, half corpus paragraphs; none of them the check's)."""
+    `calibration_items` prompts (a quarter image prompts, the rest corpus paragraphs; none of them the check's or
+    the perplexity's)."""
 
     def graphs(self, src: Bundle, out: Path) -> dict[str, Any]:
         from compile.quantize.calibration import calibration_items, decoder_feeds
@@ -135,7 +139,7 @@ class GPTQ(_Recorded):
         s = self.spec
         if s.block_size != 32:
             raise UserError(f"GPTQ writes blocks of 32 (got --block-size {s.block_size})")
-        n_img = s.calibration_items // 2
+        n_img = s.calibration_items // GPTQ_IMAGE_SHARE
         feeds = decoder_feeds(src.root, calibration_items(n_img, s.calibration_items - n_img))
         model, stats = quantize_decoder(load_graph(src.graph_path("decoder")), feeds, s.accuracy_level, s.symmetric,
                                         s.lm_head)
