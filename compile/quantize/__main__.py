@@ -27,13 +27,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-embeddings", dest="embeddings", action="store_false",
                    help="keep the embedding table in float (int4 quantizes it by default)")
     p.add_argument("--int8-mode", choices=INT8_MODES, default=d.int8_mode)
-    p.add_argument("--calibration-items", type=int, default=d.calibration_items, help="int8-qdq calibration prompts")
+    p.add_argument("--calibration-items", type=int,
+                   help="calibration prompts of int8-qdq (default 16) and gptq (default 128)")
     p.add_argument("--skip-modules", nargs="*", default=(),
                    help="int8-qdq: MatMuls whose node name contains one of these stay float (e.g. down_proj)")
     p.add_argument("--keep-fp32", nargs="*", default=(), help="op types kept in float32 in fp16 graphs")
     p.add_argument("--method", choices=METHOD_CHOICES, default=d.method,
-                   help="int4: gguf (exact GGUF blocks) or rtn (ORT's quantizer); auto: gguf for smol-llava and "
-                        "gemma-llava (compile.recipes)")
+                   help="int4: gguf (exact GGUF blocks), rtn (ORT's quantizer) or gptq (calibrated integer-zero-point "
+                        "blocks, compile.quantize.gptq); auto: gguf for smol-llava and gemma-llava (compile.recipes), "
+                        "rtn otherwise")
     p.add_argument("--gguf", type=Path,
                    help="GGUF for --method gguf (default: the bundle's model's, from the asset cache)")
     from compile.quantize.gguf import add_approximation_args

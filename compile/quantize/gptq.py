@@ -103,7 +103,7 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(torch.from_numpy(h))), upper=True)
     u = hinv.to(torch.float32)
-    wt = torch.from_numpy(np.ascontiguousarray(w.T, np.float32)).clone()  # [K, N]: a column of w is a row here
+    wt = torch.from_numpy(np.array(w.T, np.float32, order="C", copy=True))  # [K, N]: a column of w is a row here
     wt[torch.from_numpy(dead)] = 0.0
     codes = np.empty((k, n), np.uint8)
     scales = np.empty((k // QK, n), np.float32)
@@ -135,10 +135,13 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
 
 
 def relative_output_error(w: np.ndarray, blocks: Blocks, h: np.ndarray) -> float:
-    """sqrt(tr(dW H dW^T) / tr(W H W^T)): the layer's output error on the calibration activations, relative."""
-    d = (blocks.dequantize() - w).astype(np.float64)
-    w = w.astype(np.float64)
-    return float(np.sqrt(np.einsum("nk,kj,nj->", d, h, d) / max(np.einsum("nk,kj,nj->", w, h, w), 1e-30)))
+    """sqrt(tr(dW H dW^T) / tr(W H W^T)): the layer's output error on the calibration activations, relative
+    (as tr(H dW^T dW): one [K, K] SGEMM, since N is the vocabulary for the lm_head)."""
+    d = blocks.dequantize() - w
+    w = np.asarray(w, np.float32)
+    num = float(np.sum(h * (d.T @ d).astype(np.float64)))
+    den = float(np.sum(h * (w.T @ w).astype(np.float64)))
+    return float(np.sqrt(max(num, 0.0) / max(den, 1e-30)))
 
 
 def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], accuracy_level: int = 4,

@@ -120,8 +120,9 @@ class StaticInt8QDQ(_Recorded):
         from compile.quantize.calibration import calibration_items, decoder_feeds
 
         s = self.spec
-        n_img = s.calibration_items // 2
-        feeds = decoder_feeds(src.root, calibration_items(n_img, s.calibration_items - n_img))
+        items = s.items_for(self.name)
+        n_img = items // 2
+        feeds = decoder_feeds(src.root, calibration_items(n_img, items - n_img))
         return _decoder_file(src, out, lambda a, b: trt_graphs.static_int8(a, b, feeds, s.lm_head, _external(src),
                                                                             s.skip_modules))
 
@@ -139,8 +140,9 @@ class GPTQ(_Recorded):
         s = self.spec
         if s.block_size != 32:
             raise UserError(f"GPTQ writes blocks of 32 (got --block-size {s.block_size})")
-        n_img = s.calibration_items // GPTQ_IMAGE_SHARE
-        feeds = decoder_feeds(src.root, calibration_items(n_img, s.calibration_items - n_img))
+        items = s.items_for(self.name)
+        n_img = items // GPTQ_IMAGE_SHARE
+        feeds = decoder_feeds(src.root, calibration_items(n_img, items - n_img))
         model, stats = quantize_decoder(load_graph(src.graph_path("decoder")), feeds, s.accuracy_level, s.symmetric,
                                         s.lm_head)
         graphs = {"decoder": {**stats, **_rewrite(src, out, "decoder", model)}}

@@ -14,6 +14,9 @@ INT8_MODES = ("weight-only", "dynamic")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
 METHOD_CHOICES = ("auto", "rtn", "gguf", "gptq")
 GGUF_PRECISIONS = ("int4", "int4-qdq")
+# calibration prompts by default: static int8 ranges settle with few; GPTQ's Hessians need more tokens than the
+# widest input (1536 / 2048 features) to generalise to the perplexity corpus (docs/quantization.md)
+CALIBRATION_ITEMS = {"static-qdq": 16, "gptq": 128}
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class QuantSpec:
     lm_head: bool = True
     embeddings: bool = True
     int8_mode: str = "weight-only"
-    calibration_items: int = 16
+    calibration_items: int | None = None  # prompts for calibrated methods; None: the method's (CALIBRATION_ITEMS)
     skip_modules: tuple[str, ...] = ()  # int8-qdq: MatMuls whose node name contains one of these stay float
     keep_fp32: tuple[str, ...] = ()
     method: str = "auto"  # int4: "gguf" (exact GGUF blocks), "rtn" (ORT's quantizer); auto: the model's recipe
@@ -46,7 +49,7 @@ class QuantSpec:
             raise UserError(f"accuracy level must be one of {ACCURACY_LEVELS}, got {self.accuracy_level}")
         if self.int8_mode not in INT8_MODES:
             raise UserError(f"int8 mode must be one of {', '.join(INT8_MODES)}, got {self.int8_mode!r}")
-        if self.calibration_items < 1:
+        if self.calibration_items is not None and self.calibration_items < 1:
             raise UserError("calibration needs at least one item")
         if self.method not in METHOD_CHOICES:
             raise UserError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {self.method!r}")
@@ -60,6 +63,10 @@ class QuantSpec:
             Approximation(self.gguf_zero_points, self.gguf_lm_head)  # refuses unknown names
             if self.method in ("rtn", "gptq") or self.precision != "int4":
                 raise UserError("--gguf-zero-points / --gguf-lm-head apply to the gguf method's int4 only")
+
+    def items_for(self, method: str) -> int:
+        """The calibration prompts `method` uses: the spec's, else the method's default."""
+        return self.calibration_items or CALIBRATION_ITEMS[method]
 
     def to_dict(self) -> dict[str, Any]:
         d = {**asdict(self), "keep_fp32": list(self.keep_fp32), "skip_modules": list(self.skip_modules)}
