@@ -218,8 +218,8 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
         raise UserError(f"{len(row_scales) - len(folded)} of the experts' modules have no converted MatMul")
     rewrite_graph(graph, nodes, dropped, added)
     _com_microsoft(model)
-    stats = {"method": getattr(weights, "method", "gguf-exact"), "converted": converted, "max_abs_diff_vs_float32": worst,
-             "folded_modules": len(folded), "accuracy_level": accuracy_level}
+    stats = {"method": getattr(weights, "method", "gguf-exact"), "converted": converted,
+             "max_abs_diff_vs_float32": worst, "folded_modules": len(folded), "accuracy_level": accuracy_level}
     if approximation is not None and not approximation.exact:
         stats["approximation"] = {**approximation.to_dict(), "departures": departure_summary(departures)}
     return stats

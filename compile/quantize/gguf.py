@@ -476,8 +476,9 @@ def replace_matmul(node: Any, blocks: Any, inits: dict[str, Any], row_scales: di
                    accuracy_level: int = 4, qdq: bool = False, approximation: Approximation | None = None,
                    departures: dict[str, Any] | None = None, exact: bool = True) -> float:
     """Replace one float MatMul by its GGUF blocks (scaled by its unit's SGM factors when given, checked against
-    the float weight; `exact` False: blocks that quantize it, _check): appends the new nodes and tensors (block sums shared per activation in `sums_of`), marks
-    the float weight dropped; returns the check's max |difference|. An `approximation` that is not exact changes
+    the float weight; `exact` False: blocks that only quantize it, see _check): appends the new nodes and tensors
+    (block sums shared per activation in `sums_of`), marks the float weight dropped; returns the check's max
+    |difference|. An `approximation` that is not exact changes
     the checked blocks afterwards; how far each changed weight moved goes into `departures` (record_departure)."""
     unit = unit_of(node.name)
     if row_scales and unit in row_scales:

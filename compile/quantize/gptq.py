@@ -182,8 +182,8 @@ def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     _com_microsoft(model)
     layers = [v for k, v in errors.items() if not is_lm_head(k)]
     heads = [v for k, v in errors.items() if is_lm_head(k)]
-    stats = {"op": "MatMulNBits", "quantized": len(errors), "calibration": {"feeds": len(feeds), "positions": positions},
-             "symmetric": symmetric, "damp": DAMP,
+    stats = {"op": "MatMulNBits", "quantized": len(errors),
+             "calibration": {"feeds": len(feeds), "positions": positions}, "symmetric": symmetric, "damp": DAMP,
              "relative_output_error": {"layers_mean": float(np.mean(layers)) if layers else None,
                                        "layers_max": float(np.max(layers)) if layers else None,
                                        "lm_head": heads[0] if heads else None},
