@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
                    help="int4: gguf (exact GGUF blocks), rtn (ORT's quantizer) or gptq (calibrated integer-zero-point "
                         "blocks, compile.quantize.gptq); auto: gguf for smol-llava and gemma-llava (compile.recipes), "
                         "rtn otherwise")
+    p.add_argument("--act-order", action="store_true",
+                   help="gptq: quantize columns in decreasing order of input activity (static groups)")
     p.add_argument("--gguf", type=Path,
                    help="GGUF for --method gguf (default: the bundle's model's, from the asset cache)")
     from compile.quantize.gguf import add_approximation_args
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      skip_modules=tuple(args.skip_modules),
                      keep_fp32=tuple(args.keep_fp32), method=args.method,
                      gguf=str(args.gguf) if args.gguf else None, gguf_zero_points=args.gguf_zero_points,
-                     gguf_lm_head=args.gguf_lm_head)
+                     gguf_lm_head=args.gguf_lm_head, act_order=args.act_order)
     manifest = quantize_bundle(args.bundle, args.out, spec, overwrite=args.overwrite, check=args.check,
                                threads=args.threads)
     print(f"{args.precision} bundle written to {args.out}")

@@ -85,13 +85,17 @@ def minmax_params(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarra
     return s, np.clip(np.rint(-lo / s), 0, 15).astype(np.float32)
 
 
-def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: float = DAMP) -> Blocks:
+def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: float = DAMP,
+                act_order: bool = False) -> Blocks:
     """4-bit blocks of 32 along K for the weight w [N, K] whose input has Hessian h [K, K] (GPTQ).
 
     Each group's scale and zero point are fitted (minmax_params) to the group's weights as they stand when the
     group starts, i.e. after the error of the groups before it has been spread into them; the codes of a column
     are then rounded and the column's error pushed onto the columns after it through the inverse Hessian's
-    Cholesky factor (in place, torch: a rank-1 update over all N rows per column)."""
+    Cholesky factor (in place, torch: a rank-1 update over all N rows per column). `act_order`: the columns are
+    taken in decreasing order of the Hessian's diagonal (the most active inputs first, so later columns absorb
+    their error), with every group's scale and zero point fitted up front on the unchanged weights ("static
+    groups": the blocks stay contiguous along K, as MatMulNBits needs)."""
     import torch
 
     n, k = w.shape
@@ -101,10 +105,14 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    static = [minmax_params(np.asarray(w[:, j:j + QK], np.float32), symmetric) for j in range(0, k, QK)] \
+        if act_order else None
+    w = np.where(dead[None, :], 0.0, w)[:, order]
+    h = h[np.ix_(order, order)]
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(torch.from_numpy(h))), upper=True)
     u = hinv.to(torch.float32)
     wt = torch.from_numpy(np.array(w.T, np.float32, order="C", copy=True))  # [K, N]: a column of w is a row here
-    wt[torch.from_numpy(dead)] = 0.0
     codes = np.empty((k, n), np.uint8)
     scales = np.empty((k // QK, n), np.float32)
     zps = np.empty((k // QK, n), np.float32)
@@ -115,8 +123,12 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
         err = torch.zeros((i2 - i1, n), dtype=torch.float32)
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            if col % QK == 0:
+            col = int(order[i1 + i])  # the column of w this step quantizes
+            if static is not None:
+                g = col // QK
+                scales[g], zps[g] = static[g]
+                s_t, z_t = torch.from_numpy(scales[g]), torch.from_numpy(zps[g])
+            elif col % QK == 0:
                 g = col // QK
                 scales[g], zps[g] = minmax_params(w1[i:i + QK].T.numpy(), symmetric)
                 s_t, z_t = torch.from_numpy(scales[g]), torch.from_numpy(zps[g])
@@ -145,8 +157,8 @@ def relative_output_error(w: np.ndarray, blocks: Blocks, h: np.ndarray) -> float
 
 
 def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], accuracy_level: int = 4,
-                     symmetric: bool = False, lm_head: bool = True,
-                     threads: int | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                     symmetric: bool = False, lm_head: bool = True, threads: int | None = None,
+                     act_order: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Every Linear of the decoder (lm_head too unless `lm_head` is False) as a 4-bit MatMulNBits with GPTQ blocks
     fitted on `feeds` (prefill feeds of this decoder: compile.quantize.calibration.decoder_feeds)."""
     from tqdm import tqdm
@@ -171,7 +183,7 @@ def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
             continue
         bar.update()
         w = numpy_helper.to_array(inits[node.input[1]]).T
-        blocks = gptq_blocks(w, h[node.input[0]], symmetric)
+        blocks = gptq_blocks(w, h[node.input[0]], symmetric, act_order=act_order)
         errors[node.name] = relative_output_error(w, blocks, h[node.input[0]])
         new, tensors = matmul_nbits_node(node, blocks, accuracy_level, None)
         nodes.extend(new)
@@ -184,6 +196,7 @@ def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     heads = [v for k, v in errors.items() if is_lm_head(k)]
     stats = {"op": "MatMulNBits", "quantized": len(errors),
              "calibration": {"feeds": len(feeds), "positions": positions}, "symmetric": symmetric, "damp": DAMP,
+             "act_order": act_order,
              "relative_output_error": {"layers_mean": float(np.mean(layers)) if layers else None,
                                        "layers_max": float(np.max(layers)) if layers else None,
                                        "lm_head": heads[0] if heads else None},

@@ -144,7 +144,7 @@ class GPTQ(_Recorded):
         n_img = items // GPTQ_IMAGE_SHARE
         feeds = decoder_feeds(src.root, calibration_items(n_img, items - n_img))
         model, stats = quantize_decoder(load_graph(src.graph_path("decoder")), feeds, s.accuracy_level, s.symmetric,
-                                        s.lm_head)
+                                        s.lm_head, act_order=s.act_order)
         graphs = {"decoder": {**stats, **_rewrite(src, out, "decoder", model)}}
         if s.embeddings:
             graphs["embed"] = self._embeddings(src, out)

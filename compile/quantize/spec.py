@@ -38,6 +38,7 @@ class QuantSpec:
     # method gguf: compile.quantize.gguf.Approximation (exact / q8 keep the GGUF's weights)
     gguf_zero_points: str = "exact"
     gguf_lm_head: str = "q8"
+    act_order: bool = False  # method gptq: columns in decreasing Hessian-diagonal order (compile.quantize.gptq)
 
     def check(self) -> None:
         """Refuse bad settings before anything loads."""
@@ -57,6 +58,8 @@ class QuantSpec:
             raise UserError("GGUF blocks convert exactly only to int4 or int4-qdq")
         if self.method == "gptq" and self.precision != "int4":
             raise UserError("GPTQ writes int4 MatMulNBits blocks only (--precision int4)")
+        if self.act_order and self.method != "gptq":
+            raise UserError("--act-order is GPTQ's (--method gptq)")
         if (self.gguf_zero_points, self.gguf_lm_head) != ("exact", "q8"):
             from compile.quantize.gguf import Approximation
 
@@ -72,4 +75,6 @@ class QuantSpec:
         d = {**asdict(self), "keep_fp32": list(self.keep_fp32), "skip_modules": list(self.skip_modules)}
         if (self.gguf_zero_points, self.gguf_lm_head) == ("exact", "q8"):  # records as before the options existed
             del d["gguf_zero_points"], d["gguf_lm_head"]
+        if not self.act_order:
+            del d["act_order"]
         return d

@@ -34,11 +34,12 @@ def rtn(w: np.ndarray, symmetric: bool = False) -> Blocks:
     return Blocks(q, s, -z * s, 4, z.astype(np.uint8))
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_gptq_has_less_output_error_than_rounding(symmetric: bool):
+@pytest.mark.parametrize("symmetric,act_order", [(False, False), (True, False), (False, True)])
+def test_gptq_has_less_output_error_than_rounding(symmetric: bool, act_order: bool):
     w, x = correlated(96, 256)
+    x *= np.exp(np.random.default_rng(5).normal(size=256))  # inputs of different scales: an order to follow
     h = x.T @ x
-    g = gptq_blocks(w, h, symmetric)
+    g = gptq_blocks(w, h, symmetric, act_order=act_order)
     r = rtn(w, symmetric)
     assert (g.zero_points is None) == symmetric
     assert g.codes.shape == (96, 8, 32) and g.codes.max() <= 15
@@ -55,6 +56,7 @@ def test_with_uncorrelated_inputs_gptq_is_round_to_nearest():
     np.testing.assert_array_equal(g.codes, r.codes)
     np.testing.assert_array_equal(g.zero_points, r.zero_points)
     np.testing.assert_allclose(g.scales, r.scales, rtol=1e-6)
+    np.testing.assert_array_equal(gptq_blocks(w, np.eye(128) * 5.0, act_order=True).codes, r.codes)
 
 
 def test_dead_inputs_and_bad_shapes():
@@ -150,6 +152,8 @@ def test_spec_refuses_gptq_outside_int4(tmp_path: Path):
         QuantSpec("int8", method="gptq").check()
     with pytest.raises(UserError, match="gguf method's int4 only"):
         QuantSpec("int4", method="gptq", gguf_lm_head="q4").check()
+    with pytest.raises(UserError, match="--act-order is GPTQ's"):
+        QuantSpec("int4", method="rtn", act_order=True).check()
 
 
 def test_calibration_prompts_default_per_method():
