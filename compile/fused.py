@@ -47,6 +47,7 @@ RUNTIME_KEYS = ("graph", "inputs_embeds", "attention_mask", "past_key", "past_va
                 "present_value", "logits_positions", "kv_buffer", "providers")
 CHECK_QUESTIONS = ("What is in this picture?", "Write one sentence about the sea.", "Name three colours.")
 BUILDER_SCRIPT = Path(__file__).resolve().with_name("genai_builder.py")
+BUNDLE_BLOCK_METHODS = ("gptq", "rtn")  # int4 whose MatMulNBits hold the whole weight (no block-sum offsets nodes)
 # What the check accepts, per precision: the largest |d logit| at prefill against the standard decoder of the same
 # bundle, and whether every prompt's greedy tokens must be identical. fp32: the same weights and float math in
 # another order (6e-5 on smol-llava). int4: the same weights, but MatMulNBits at accuracy level 4 quantizes the
@@ -340,8 +341,10 @@ def add_fused_decoder(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLi
         raise UserError(f"weights must be gguf, bundle, builder or auto, not {weights!r}")
     if weights == "gguf" and method != "gguf-exact":
         raise UserError(f"{bundle_dir} does not hold GGUF blocks (precision method {method!r}); use --weights builder")
-    if weights == "bundle" and (precision != "int4" or src.precision != "int4"):
-        raise UserError("--weights bundle copies an int4 bundle's blocks into an int4 fused decoder")
+    if weights == "bundle" and (precision != "int4" or src.precision != "int4" or method not in BUNDLE_BLOCK_METHODS):
+        raise UserError(f"--weights bundle copies the MatMulNBits blocks of an int4 bundle of the "
+                        f"{' or '.join(BUNDLE_BLOCK_METHODS)} method into an int4 fused decoder (this bundle: "
+                        f"{src.precision}, method {method!r}; a gguf-exact bundle's offsets need --weights gguf)")
     gguf = None
     if weights == "gguf":
         from compile.quantize.registry import method

@@ -26,17 +26,11 @@ import onnx
 from onnx import numpy_helper
 
 from compile.quantize.gguf import QK, Blocks
+from compile.quantize.graphs import is_lm_head, weight_matmuls
 from runtime.errors import UserError
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's percdamp)
 LAZY = 128  # columns per lazy batch update (a multiple of the block size)
-
-
-def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The MatMuls whose second input is a 2-D initializer (the Linears)."""
-    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    return [n for n in model.graph.node
-            if n.op_type == "MatMul" and len(n.input) == 2 and len(shapes.get(n.input[1], ())) == 2]
 
 
 def hessians(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], inputs: Iterable[str],
@@ -164,13 +158,18 @@ def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     from tqdm import tqdm
 
     from compile.quantize.gguf import _com_microsoft, matmul_nbits_node, rewrite_graph
-    from compile.quantize.graphs import is_lm_head
 
     graph = model.graph
-    targets = {n.name for n in weight_matmuls(model) if lm_head or not is_lm_head(n.name)}
+    linears = weight_matmuls(model)
+    targets = {n.name for n in linears if lm_head or not is_lm_head(n.name)}
+    kept_float = [n.name for n in linears if n.name not in targets]
     if not targets:
         raise UserError("the decoder has no MatMul with a constant weight to quantize")
     inits = {t.name: t for t in graph.initializer}
+    odd = [n.name for n in linears if n.name in targets and inits[n.input[1]].dims[0] % QK]
+    if odd:
+        raise UserError(f"GPTQ writes blocks of {QK} along the input dimension, and {len(odd)} MatMuls (e.g. "
+                        f"{odd[0]}) have an input size that is not a multiple of {QK}; use --method rtn")
     h, positions = hessians(model, feeds, {n.input[0] for n in graph.node if n.name in targets}, threads)
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
@@ -200,7 +199,7 @@ def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
              "relative_output_error": {"layers_mean": float(np.mean(layers)) if layers else None,
                                        "layers_max": float(np.max(layers)) if layers else None,
                                        "lm_head": heads[0] if heads else None},
-             "kept_float": [] if lm_head else [n.name for n in weight_matmuls(model) if is_lm_head(n.name)]}
+             "kept_float": kept_float}
     return model, stats
 
 
@@ -251,4 +250,4 @@ class DecoderBlocks:
         return self._blocks[name]
 
 
-__all__ = ["DecoderBlocks", "gptq_blocks", "hessians", "quantize_decoder", "relative_output_error", "weight_matmuls"]
+__all__ = ["DecoderBlocks", "gptq_blocks", "hessians", "quantize_decoder", "relative_output_error"]

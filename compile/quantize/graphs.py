@@ -50,6 +50,13 @@ def is_lm_head(node_name: str) -> bool:
     return "lm_head" in node_name
 
 
+def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The MatMuls whose second input is a 2-D initializer (the Linears weight-only quantizers rewrite)."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [n for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) == 2 and len(shapes.get(n.input[1], ())) == 2]
+
+
 def graph_bytes(directory: Path, rel: str) -> int:
     """Size of a graph file plus its external data file."""
     size = (directory / rel).stat().st_size

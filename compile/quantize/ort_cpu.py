@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 from onnx import version_converter
 
-from compile.quantize.graphs import is_lm_head
+from compile.quantize.graphs import is_lm_head, weight_matmuls
 
 QDQ_OPSET = 21  # blockwise DequantizeLinear and int4 tensors need opset 21
 
@@ -33,11 +33,6 @@ def upgrade_opset(model: onnx.ModelProto, opset: int = QDQ_OPSET) -> onnx.ModelP
     return model if version >= opset else version_converter.convert_version(model, opset)
 
 
-def _matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits]
-
-
 def nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: int | None, symmetric: bool,
           lm_head: bool, qdq: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """MatMul weights to `bits`-bit blocks (MatMulNBits, or DequantizeLinear + MatMul with `qdq`)."""
@@ -45,7 +40,7 @@ def nbits(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: in
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     _quiet()
-    targets = _matmuls(model)
+    targets = weight_matmuls(model)
     excluded = [n.name for n in targets if is_lm_head(n.name) and not lm_head]
     if qdq:
         model = upgrade_opset(model)
@@ -83,7 +78,7 @@ def dynamic_int8(src: str | os.PathLike, out: str | os.PathLike, lm_head: bool, 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src), load_external_data=False)
-    excluded = [n.name for n in _matmuls(model) if is_lm_head(n.name) and not lm_head]
+    excluded = [n.name for n in weight_matmuls(model) if is_lm_head(n.name) and not lm_head]
     quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
                      weight_type=QuantType.QInt8, nodes_to_exclude=excluded, use_external_data_format=external_data)
     done = onnx.load(str(out), load_external_data=False)

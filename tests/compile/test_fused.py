@@ -220,6 +220,9 @@ def test_int4_fused_decoder_holds_a_gptq_bundles_blocks(builder, models, bundles
     decoders then hold the same int4 weights and agree to float noise."""
     from compile.quantize import QuantSpec, quantize_bundle
 
+    with pytest.raises(UserError, match="--weights bundle copies the MatMulNBits blocks .* fp32, method None"):
+        add_fused_decoder(bundles["gemma3"], models["gemma3"], tmp_path / "x", precision="int4", weights="bundle")
+    assert not (tmp_path / "x").exists()
     int4 = tmp_path / "gptq"
     quantize_bundle(bundles["gemma3"], int4, QuantSpec("int4", method="gptq", calibration_items=4))
     assert load_bundle(int4).quantization["method"] == "gptq"

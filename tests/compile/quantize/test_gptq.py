@@ -131,6 +131,12 @@ def test_quantize_decoder_runs_and_stays_close(lm_head: bool):
     assert rel < 0.12, rel  # 4-bit rounding of a Gaussian weight alone: about 0.09
 
 
+def test_an_input_size_off_the_block_grid_is_refused_before_calibrating():
+    model, _ = tiny_graph(k=48)
+    with pytest.raises(UserError, match="not a multiple of 32; use --method rtn"):
+        quantize_decoder(model, feeds=[])
+
+
 def test_decoder_blocks_by_gguf_name_and_refusals():
     model, _ = tiny_graph()
     rng = np.random.default_rng(4)
