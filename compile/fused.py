@@ -47,7 +47,9 @@ RUNTIME_KEYS = ("graph", "inputs_embeds", "attention_mask", "past_key", "past_va
                 "present_value", "logits_positions", "kv_buffer", "providers")
 CHECK_QUESTIONS = ("What is in this picture?", "Write one sentence about the sea.", "Name three colours.")
 BUILDER_SCRIPT = Path(__file__).resolve().with_name("genai_builder.py")
-BUNDLE_BLOCK_METHODS = ("gptq", "rtn")  # int4 whose MatMulNBits hold the whole weight (no block-sum offsets nodes)
+# int4 methods whose blocks compile.fused copies from the standard decoder (compile.quantize.gptq.DecoderBlocks; a
+# mixed gptq bundle's exact GGUF Linears with their block-sum offsets); gguf-exact re-reads the GGUF instead
+BUNDLE_BLOCK_METHODS = ("gptq", "rtn")
 # What the check accepts, per precision: the largest |d logit| at prefill against the standard decoder of the same
 # bundle, and whether every prompt's greedy tokens must be identical. fp32: the same weights and float math in
 # another order (6e-5 on smol-llava). int4: the same weights, but MatMulNBits at accuracy level 4 quantizes the
@@ -167,7 +169,8 @@ _GGUF = {"attn/o_proj": "attn_output", "mlp/gate_proj": "ffn_gate", "mlp/up_proj
 
 
 def gguf_blocks_for(node_name: str, weights: Any) -> Any:
-    """The GGUF blocks of one of the builder's MatMuls (q, k and v stacked for its fused qkv_proj)."""
+    """The GGUF blocks of one of the builder's MatMuls: q, k and v stacked for its fused qkv_proj, or, where they are
+    quantized differently (bits, block size, zero points: a mixed bundle), the three apart as a tuple."""
     from compile.quantize.gguf import Blocks
 
     if node_name.endswith("lm_head/MatMul"):
@@ -178,14 +181,33 @@ def gguf_blocks_for(node_name: str, weights: Any) -> Any:
     i, module = m.group(1), m.group(2)
     if module == "attn/qkv_proj":
         parts = [weights.blocks(f"blk.{i}.attn_{x}.weight") for x in "qkv"]
-        if len({(p.bits, p.block_size) for p in parts}) != 1:
-            raise UserError(f"layer {i}: q, k and v are quantized differently in the GGUF; cannot stack them")
+        if len({(p.bits, p.block_size, p.zero_points is None) for p in parts}) != 1:
+            return tuple(parts)
         zps = [p.zero_points for p in parts]
-        if any(z is None for z in zps) and any(z is not None for z in zps):
-            raise UserError(f"layer {i}: q, k and v differ in having zero points; cannot stack them")
         return Blocks(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("codes", "scales", "offsets")),
                       parts[0].bits, None if zps[0] is None else np.concatenate(zps))
     return weights.blocks(f"blk.{i}.{_GGUF[module]}.weight")
+
+
+def split_qkv(node: Any, parts: tuple[Any, ...], inits: dict[str, Any]) -> tuple[list[Any], Any]:
+    """The builder's fused qkv MatMul as three MatMuls (one per part's weight columns) and a Concat of their outputs
+    back into the packed qkv GroupQueryAttention reads: for q, k and v whose blocks cannot be stacked."""
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.to_array(inits[node.input[1]])
+    ends = np.cumsum([p.codes.shape[0] for p in parts])
+    if ends[-1] != w.shape[1]:
+        raise UserError(f"{node.name}: q, k and v have {ends[-1]} rows in the GGUF, the graph's weight {w.shape[1]}")
+    prefix = node.name.rsplit("/qkv_proj/", 1)[0]
+    matmuls = []
+    for x, lo, hi in zip("qkv", [0, *ends[:-1]], ends):
+        name = f"{node.input[1]}_{x}"
+        inits[name] = numpy_helper.from_array(np.ascontiguousarray(w[:, lo:hi]), name)
+        matmuls.append(helper.make_node("MatMul", [node.input[0], name], [f"{node.output[0]}_{x}"],
+                                        name=f"{prefix}/{x}_proj/MatMul"))
+    concat = helper.make_node("Concat", [m.output[0] for m in matmuls], [node.output[0]], axis=-1,
+                              name=f"{prefix}/qkv_proj/Concat")
+    return matmuls, concat
 
 
 def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] | None,
@@ -206,10 +228,19 @@ def convert_to_gguf(model: Any, weights: Any, row_scales: dict[str, np.ndarray] 
         if blocks is None:
             nodes.append(node)
             continue
-        worst = max(worst, replace_matmul(node, blocks, inits, row_scales, folded, sums_of, nodes, added, dropped,
-                                          accuracy_level, approximation=approximation, departures=departures,
-                                          exact=getattr(weights, "exact", True)))
-        kind = f"Q{blocks.bits}"
+        if isinstance(blocks, tuple):
+            matmuls, concat = split_qkv(node, blocks, inits)
+            dropped.add(node.input[1])
+            pairs = list(zip(matmuls, blocks))
+            kind = "qkv apart (" + " / ".join(f"Q{b.bits}" for b in blocks) + ")"
+        else:
+            concat, pairs, kind = None, [(node, blocks)], f"Q{blocks.bits}"
+        for mm, b in pairs:
+            worst = max(worst, replace_matmul(mm, b, inits, row_scales, folded, sums_of, nodes, added, dropped,
+                                              accuracy_level, approximation=approximation, departures=departures,
+                                              exact=getattr(weights, "exact", True)))
+        if concat is not None:
+            nodes.append(concat)
         converted[kind] = converted.get(kind, 0) + 1
     layers = sum(1 for n in graph.node if n.name.endswith("qkv_proj/MatMul"))
     if sum(converted.values()) != 5 * layers + 1:

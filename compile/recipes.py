@@ -58,6 +58,9 @@ class Recipe:
     # when set: only bundles whose (unfolded) language model has these hooked-MLP weights (its fingerprint's
     # mlp_weights_sha256) are the GGUF's; other models of the type (tiny, LoRA-merged) take the precision's default
     gguf_mlp_weights_sha256: ClassVar[str | None] = None
+    # when set (and the bundle is the GGUF's model, quantizes_from_gguf): the default int4 (method auto) is GPTQ with
+    # these QuantSpec settings instead of the GGUF's exact blocks (compile.quantize.registry.resolve_spec)
+    int4_gptq: ClassVar[dict[str, Any] | None] = None
 
     def gguf_file(self) -> Path | None:
         """The GGUF the model's language model was converted from (asset cache), or None."""
@@ -112,6 +115,14 @@ class GemmaLlavaRecipe(Recipe):
 
     gguf_precisions = ("int4",)
     gguf_mlp_weights_sha256 = "72de541bfd6eadbc888183c3dbf76b90db688d3b75feb4bd91b0da0f43090671"  # zoo gemma-llava
+    # The GGUF's exact blocks are 8-bit for most tensors (Q5_0 / Q6_K / Q8_0) and decode at 0.60x onnxruntime-genai
+    # int4; GPTQ everywhere reaches its speed but costs +15% perplexity. Mixed (docs/quantization.md, "Mixed GPTQ"):
+    # the Linears where GPTQ's error costs the most held-out NLL per byte keep the GGUF's exact blocks (k and v,
+    # small and 8-bit; q and the MLP of layers 0, 1, 3 and 13), the rest GPTQ 4-bit, and the lm_head's blocks hold
+    # 64 weights (half the scales to read over 262,144 rows) to pay for them.
+    int4_gptq = {"exact_modules": ("self_attn/k_proj", "self_attn/v_proj",
+                                   *(f"layers.{i}/{m}" for i in (0, 1, 3, 13) for m in ("self_attn/q_proj", "mlp/"))),
+                 "lm_head_block_size": 64}
 
     def gguf_file(self) -> Path:
         from calib.models.gemma3 import gguf_file

@@ -38,6 +38,11 @@ def parser() -> argparse.ArgumentParser:
                         "rtn otherwise")
     p.add_argument("--act-order", action="store_true",
                    help="gptq: quantize columns in decreasing order of input activity (static groups)")
+    p.add_argument("--exact-modules", nargs="+", default=(), metavar="PATTERN",
+                   help="gptq: Linears whose node name contains one of these keep the GGUF's exact blocks (mixed "
+                        "precision; e.g. self_attn/ layers.0/)")
+    p.add_argument("--lm-head-block-size", type=int, default=d.lm_head_block_size,
+                   help="gptq: weights per lm_head block (default %(default)s)")
     p.add_argument("--gguf", type=Path,
                    help="GGUF for --method gguf (default: the bundle's model's, from the asset cache)")
     from compile.quantize.gguf import add_approximation_args
@@ -57,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      skip_modules=tuple(args.skip_modules),
                      keep_fp32=tuple(args.keep_fp32), method=args.method,
                      gguf=str(args.gguf) if args.gguf else None, gguf_zero_points=args.gguf_zero_points,
-                     gguf_lm_head=args.gguf_lm_head, act_order=args.act_order)
+                     gguf_lm_head=args.gguf_lm_head, act_order=args.act_order,
+                     exact_modules=tuple(args.exact_modules), lm_head_block_size=args.lm_head_block_size)
     manifest = quantize_bundle(args.bundle, args.out, spec, overwrite=args.overwrite, check=args.check,
                                threads=args.threads)
     print(f"{args.precision} bundle written to {args.out}")

@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from compile.quantize.gguf import QK, Blocks
-from compile.quantize.graphs import is_lm_head, weight_matmuls
+from compile.quantize.graphs import OFFSETS_SUFFIX, is_lm_head, weight_matmuls
 from runtime.errors import UserError
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's percdamp)
@@ -80,8 +80,8 @@ def minmax_params(w: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarra
 
 
 def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: float = DAMP,
-                act_order: bool = False) -> Blocks:
-    """4-bit blocks of 32 along K for the weight w [N, K] whose input has Hessian h [K, K] (GPTQ).
+                act_order: bool = False, block_size: int = QK) -> Blocks:
+    """4-bit blocks of `block_size` along K for the weight w [N, K] whose input has Hessian h [K, K] (GPTQ).
 
     Each group's scale and zero point are fitted (minmax_params) to the group's weights as they stand when the
     group starts, i.e. after the error of the groups before it has been spread into them; the codes of a column
@@ -93,14 +93,15 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
     import torch
 
     n, k = w.shape
-    if k % QK:
-        raise ValueError(f"GPTQ blocks need K divisible by {QK}, got {k}")
+    bs = block_size
+    if k % bs or LAZY % bs:
+        raise ValueError(f"GPTQ blocks of {bs} need K divisible by {bs} and {bs} dividing {LAZY}, got K = {k}")
     h = np.array(h, np.float64, copy=True)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
-    static = [minmax_params(np.asarray(w[:, j:j + QK], np.float32), symmetric) for j in range(0, k, QK)] \
+    static = [minmax_params(np.asarray(w[:, j:j + bs], np.float32), symmetric) for j in range(0, k, bs)] \
         if act_order else None
     w = np.where(dead[None, :], 0.0, w)[:, order]
     h = h[np.ix_(order, order)]
@@ -108,8 +109,8 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
     u = hinv.to(torch.float32)
     wt = torch.from_numpy(np.array(w.T, np.float32, order="C", copy=True))  # [K, N]: a column of w is a row here
     codes = np.empty((k, n), np.uint8)
-    scales = np.empty((k // QK, n), np.float32)
-    zps = np.empty((k // QK, n), np.float32)
+    scales = np.empty((k // bs, n), np.float32)
+    zps = np.empty((k // bs, n), np.float32)
     s_t = z_t = None
     for i1 in range(0, k, LAZY):
         i2 = min(i1 + LAZY, k)
@@ -119,12 +120,12 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
         for i in range(i2 - i1):
             col = int(order[i1 + i])  # the column of w this step quantizes
             if static is not None:
-                g = col // QK
+                g = col // bs
                 scales[g], zps[g] = static[g]
                 s_t, z_t = torch.from_numpy(scales[g]), torch.from_numpy(zps[g])
-            elif col % QK == 0:
-                g = col // QK
-                scales[g], zps[g] = minmax_params(w1[i:i + QK].T.numpy(), symmetric)
+            elif col % bs == 0:
+                g = col // bs
+                scales[g], zps[g] = minmax_params(w1[i:i + bs].T.numpy(), symmetric)
                 s_t, z_t = torch.from_numpy(scales[g]), torch.from_numpy(zps[g])
             q = torch.clamp(torch.round(w1[i] / s_t) + z_t, 0, 15)
             codes[col] = q.numpy()
@@ -133,7 +134,7 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, symmetric: bool = False, damp: flo
             err[i] = e
         if i2 < k:
             wt[i2:].addmm_(u[i1:i2, i2:].T, err, alpha=-1.0)
-    codes = np.ascontiguousarray(codes.T.reshape(n, k // QK, QK))
+    codes = np.ascontiguousarray(codes.T.reshape(n, k // bs, bs))
     scales, zp = np.ascontiguousarray(scales.T), np.ascontiguousarray(zps.T).astype(np.uint8)
     if symmetric:
         return Blocks(codes, scales, -8.0 * scales, 4)
@@ -150,39 +151,73 @@ def relative_output_error(w: np.ndarray, blocks: Blocks, h: np.ndarray) -> float
     return float(np.sqrt(max(num, 0.0) / max(den, 1e-30)))
 
 
+class ExactModules:
+    """The Linears a mixed GPTQ bundle keeps at their GGUF's exact blocks: those whose node name contains one of
+    `patterns`, from `weights` (compile.quantize.gguf.GGUFWeights) with a folded bundle's SGM `row_scales`. They are
+    written as the gguf method writes them (8-bit MatMulNBits for Q5_0 / Q6_K / Q8_0, 4-bit plus the block-sum
+    offsets for Q4_1 / Q4_K), so the bundle departs from its float weights only where GPTQ's error costs least."""
+
+    def __init__(self, patterns: Iterable[str], weights: Any, row_scales: dict[str, np.ndarray] | None = None):
+        self.patterns = tuple(patterns)
+        self.weights = weights
+        self.row_scales = row_scales
+
+    def __contains__(self, node_name: str) -> bool:
+        return any(p in node_name for p in self.patterns)
+
+
 def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], accuracy_level: int = 4,
                      symmetric: bool = False, lm_head: bool = True, threads: int | None = None,
-                     act_order: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                     act_order: bool = False, exact: ExactModules | None = None,
+                     lm_head_block_size: int = QK) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Every Linear of the decoder (lm_head too unless `lm_head` is False) as a 4-bit MatMulNBits with GPTQ blocks
-    fitted on `feeds` (prefill feeds of this decoder: compile.quantize.calibration.decoder_feeds)."""
+    fitted on `feeds` (prefill feeds of this decoder: compile.quantize.calibration.decoder_feeds), except those in
+    `exact` (the GGUF's own blocks); the lm_head's blocks hold `lm_head_block_size` weights (fewer scales to read
+    per token over a large vocabulary)."""
     from tqdm import tqdm
 
-    from compile.quantize.gguf import _com_microsoft, matmul_nbits_node, rewrite_graph
+    from compile.quantize.gguf import _com_microsoft, gguf_name, matmul_nbits_node, replace_matmul, rewrite_graph
 
     graph = model.graph
     linears = weight_matmuls(model)
-    targets = {n.name for n in linears if lm_head or not is_lm_head(n.name)}
-    kept_float = [n.name for n in linears if n.name not in targets]
+    kept = {n.name for n in linears if exact is not None and n.name in exact}
+    if exact is not None and not kept:
+        raise UserError(f"no Linear of the decoder matches --exact-modules {' '.join(exact.patterns)}")
+    targets = {n.name for n in linears if (lm_head or not is_lm_head(n.name)) and n.name not in kept}
+    kept_float = [n.name for n in linears if n.name not in targets and n.name not in kept]
     if not targets:
         raise UserError("the decoder has no MatMul with a constant weight to quantize")
     inits = {t.name: t for t in graph.initializer}
-    odd = [n.name for n in linears if n.name in targets and inits[n.input[1]].dims[0] % QK]
+    if lm_head_block_size not in (16, 32, 64, 128):
+        raise UserError(f"the lm_head's GPTQ blocks are 16, 32, 64 or 128 weights, not {lm_head_block_size}")
+    block = {n.name: lm_head_block_size if is_lm_head(n.name) else QK for n in linears}
+    odd = [n.name for n in linears if n.name in targets and inits[n.input[1]].dims[0] % block[n.name]]
     if odd:
-        raise UserError(f"GPTQ writes blocks of {QK} along the input dimension, and {len(odd)} MatMuls (e.g. "
-                        f"{odd[0]}) have an input size that is not a multiple of {QK}; use --method rtn")
+        raise UserError(f"GPTQ writes blocks of {block[odd[0]]} along the input dimension, and {len(odd)} MatMuls "
+                        f"(e.g. {odd[0]}) have an input size that is not a multiple of {block[odd[0]]}; use --method rtn")
     h, positions = hessians(model, feeds, {n.input[0] for n in graph.node if n.name in targets}, threads)
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
     dropped: set[str] = set()
     errors: dict[str, float] = {}
-    bar = tqdm(total=len(targets), desc="GPTQ int4", unit="linear", leave=False)
+    exact_types: dict[str, int] = {}
+    folded: list[str] = []
+    sums_of: dict[str, str] = {}
+    bar = tqdm(total=len(targets) + len(kept), desc="GPTQ int4", unit="linear", leave=False)
     for node in graph.node:
+        if node.name in kept:
+            bar.update()
+            name = gguf_name(node.name)
+            replace_matmul(node, exact.weights.blocks(name), inits, exact.row_scales, folded, sums_of, nodes, added,
+                           dropped, accuracy_level)
+            exact_types[exact.weights.types[name]] = exact_types.get(exact.weights.types[name], 0) + 1
+            continue
         if node.name not in targets:
             nodes.append(node)
             continue
         bar.update()
         w = numpy_helper.to_array(inits[node.input[1]]).T
-        blocks = gptq_blocks(w, h[node.input[0]], symmetric, act_order=act_order)
+        blocks = gptq_blocks(w, h[node.input[0]], symmetric, act_order=act_order, block_size=block[node.name])
         errors[node.name] = relative_output_error(w, blocks, h[node.input[0]])
         new, tensors = matmul_nbits_node(node, blocks, accuracy_level, None)
         nodes.extend(new)
@@ -195,11 +230,14 @@ def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     heads = [v for k, v in errors.items() if is_lm_head(k)]
     stats = {"op": "MatMulNBits", "quantized": len(errors),
              "calibration": {"feeds": len(feeds), "positions": positions}, "symmetric": symmetric, "damp": DAMP,
-             "act_order": act_order,
+             "act_order": act_order, "lm_head_block_size": lm_head_block_size,
              "relative_output_error": {"layers_mean": float(np.mean(layers)) if layers else None,
                                        "layers_max": float(np.max(layers)) if layers else None,
                                        "lm_head": heads[0] if heads else None},
              "kept_float": kept_float}
+    if exact is not None:
+        stats["exact"] = {"modules": list(exact.patterns), "linears": len(kept), "gguf_types": exact_types,
+                          "gguf": str(exact.weights.path), "folded_modules": len(folded)}
     return model, stats
 
 
@@ -238,9 +276,16 @@ class DecoderBlocks:
         for node in decoder.graph.node:
             if node.op_type != "MatMulNBits":
                 continue
-            name = gguf_name(node.name.rsplit("_Q", 1)[0])
-            if name is not None:
-                self._blocks[name] = unpack_matmul_nbits(node, inits)
+            linear = node.name.rsplit("_Q", 1)[0]
+            name = gguf_name(linear)
+            if name is None:
+                continue
+            blocks = unpack_matmul_nbits(node, inits)
+            offsets = inits.get(linear.strip("/").replace("/", "_") + OFFSETS_SUFFIX)
+            if offsets is not None:  # an exact GGUF Linear of a mixed bundle: w = d (q - z) + correction
+                correction = numpy_helper.to_array(offsets).T
+                blocks = Blocks(blocks.codes, blocks.scales, blocks.offsets + correction, blocks.bits)
+            self._blocks[name] = blocks
         if not self._blocks:
             raise UserError("the bundle's decoder has no MatMulNBits Linears to copy")
 
@@ -250,4 +295,4 @@ class DecoderBlocks:
         return self._blocks[name]
 
 
-__all__ = ["DecoderBlocks", "gptq_blocks", "hessians", "quantize_decoder", "relative_output_error"]
+__all__ = ["DecoderBlocks", "ExactModules", "gptq_blocks", "hessians", "quantize_decoder", "relative_output_error"]

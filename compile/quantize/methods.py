@@ -144,11 +144,28 @@ class GPTQ(_Recorded):
         n_img = items // GPTQ_IMAGE_SHARE
         feeds = decoder_feeds(src.root, calibration_items(n_img, items - n_img))
         model, stats = quantize_decoder(load_graph(src.graph_path("decoder")), feeds, s.accuracy_level, s.symmetric,
-                                        s.lm_head, act_order=s.act_order)
+                                        s.lm_head, act_order=s.act_order, exact=self._exact(src),
+                                        lm_head_block_size=s.lm_head_block_size)
         graphs = {"decoder": {**stats, **_rewrite(src, out, "decoder", model)}}
         if s.embeddings:
             graphs["embed"] = self._embeddings(src, out)
         return graphs
+
+    def _exact(self, src: Bundle) -> Any:
+        """The --exact-modules with the model's GGUF (refused for a model the recipes do not quantize from one)."""
+        from compile.quantize.gguf import GGUFWeights, default_gguf, folded_row_scales
+        from compile.quantize.gptq import ExactModules
+        from compile.recipes import RECIPES
+
+        s = self.spec
+        if not s.exact_modules:
+            return None
+        recipe = RECIPES.get(src.manifest.get("model_type"))
+        if s.gguf is None and (recipe is None or not recipe.quantizes_from_gguf(src.manifest, "int4")):
+            raise UserError(f"--exact-modules keeps a GGUF's blocks, and {src.root} is not a model quantized from a "
+                            "GGUF (smol-llava, gemma-llava); pass --gguf FILE for its checkpoint's GGUF")
+        weights = GGUFWeights(s.gguf or default_gguf(src.manifest.get("model_type")))
+        return ExactModules(s.exact_modules, weights, folded_row_scales(src))
 
     def _embeddings(self, src: Bundle, out: Path) -> dict[str, Any]:
         """The GGUF's exact 8-bit table for a model the recipes quantize from a GGUF, else RTN int4 blocks."""

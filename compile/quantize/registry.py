@@ -70,6 +70,23 @@ def method_name(src: Bundle, spec: QuantSpec) -> str:
     return next(n for n, m in METHODS.items() if m.chosen_by_default and spec.precision in m.precisions)
 
 
+def resolve_spec(src: Bundle, spec: QuantSpec) -> QuantSpec:
+    """`spec` as it applies to `src`: method auto at int4 takes the model recipe's GPTQ settings where it has them
+    (compile.recipes `int4_gptq`, for the GGUF's own model only), so the manifest records what was run."""
+    from dataclasses import replace
+
+    from compile.recipes import RECIPES
+
+    recipe = RECIPES.get(src.manifest.get("model_type"))
+    if (spec.method == "auto" and spec.precision == "int4" and recipe is not None and recipe.int4_gptq
+            and recipe.quantizes_from_gguf(src.manifest, "int4")):
+        resolved = replace(spec, method="gptq", **recipe.int4_gptq)
+        resolved.check()
+        return resolved
+    return spec
+
+
 def quantizer(src: Bundle, spec: QuantSpec) -> QuantMethod:
-    """The method instance that quantizes `src` as `spec` says."""
+    """The method instance that quantizes `src` as `spec` says (resolve_spec: the recipe's int4 default)."""
+    spec = resolve_spec(src, spec)
     return method(method_name(src, spec))(spec)

@@ -39,6 +39,9 @@ class QuantSpec:
     gguf_zero_points: str = "exact"
     gguf_lm_head: str = "q8"
     act_order: bool = False  # method gptq: columns in decreasing Hessian-diagonal order (compile.quantize.gptq)
+    # method gptq: Linears (node name contains one of these) kept at the GGUF's exact blocks (mixed precision)
+    exact_modules: tuple[str, ...] = ()
+    lm_head_block_size: int = 32  # method gptq: weights per lm_head block (64 / 128: fewer scales to read)
 
     def check(self) -> None:
         """Refuse bad settings before anything loads."""
@@ -60,6 +63,8 @@ class QuantSpec:
             raise UserError("GPTQ writes int4 MatMulNBits blocks only (--precision int4)")
         if self.act_order and self.method != "gptq":
             raise UserError("--act-order is GPTQ's (--method gptq)")
+        if (self.exact_modules or self.lm_head_block_size != 32) and self.method != "gptq":
+            raise UserError("--exact-modules / --lm-head-block-size are GPTQ's (--method gptq)")
         if (self.gguf_zero_points, self.gguf_lm_head) != ("exact", "q8"):
             from compile.quantize.gguf import Approximation
 
@@ -77,4 +82,10 @@ class QuantSpec:
             del d["gguf_zero_points"], d["gguf_lm_head"]
         if not self.act_order:
             del d["act_order"]
+        if not self.exact_modules:
+            del d["exact_modules"]
+        else:
+            d["exact_modules"] = list(self.exact_modules)
+        if self.lm_head_block_size == 32:
+            del d["lm_head_block_size"]
         return d

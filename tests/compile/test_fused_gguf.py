@@ -87,3 +87,35 @@ def test_wrong_scales_are_refused(tmp_path: Path):
     scales = {"layers.0.mlp.up_proj": np.full(fx.LINEARS["mlp/up_proj"][1], 0.5, np.float32)}
     with pytest.raises(Exception, match="up_proj"):
         convert_to_gguf(builder_graph(hf), weights, scales, accuracy_level=1)
+
+
+class _EightBitV:
+    """The synthetic GGUF with attn_v's Q4_1 blocks written as 8-bit codes (+ offsets): the same weights in a form
+    that cannot be stacked with q and k's 4-bit blocks (what a mixed gptq bundle's exact modules give)."""
+
+    def __init__(self, weights: g.GGUFWeights):
+        self.weights = weights
+
+    def blocks(self, name: str) -> g.Blocks:
+        b = self.weights.blocks(name)
+        return g.Blocks(b.codes, b.scales, b.offsets, 8) if name.endswith("attn_v.weight") else b
+
+
+def test_q_k_v_quantized_differently_are_converted_apart(tmp_path: Path):
+    """q and k 4-bit, v 8-bit: three MatMulNBits and a Concat in place of the packed qkv MatMul, still exactly the
+    float weights."""
+    hf = fx.write_gguf(tmp_path / "model.gguf", seed=0)
+    x = np.random.default_rng(1).standard_normal((1, 3, fx.H)).astype(np.float32)
+    want = fx.run(builder_graph(hf), {"x": x})
+    model = builder_graph(hf)
+    stats = convert_to_gguf(model, _EightBitV(g.GGUFWeights(tmp_path / "model.gguf")), None, accuracy_level=1)
+    assert stats["converted"] == {"qkv apart (Q4 / Q4 / Q8)": 1, "Q4": 4, "Q8": 1}
+    assert stats["max_abs_diff_vs_float32"] < 1e-6
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 8 and ops.count("Concat") == 1
+    bits = {n.name: dict((a.name, a.i) for a in n.attribute)["bits"] for n in model.graph.node
+            if n.op_type == "MatMulNBits" and "_proj/" in n.name and n.name.split("/")[-2] in ("q_proj", "v_proj")}
+    assert sorted(bits.values()) == [4, 8]
+    assert "attn_qkv_proj" not in {t.name for t in model.graph.initializer}
+    for got, ref in zip(fx.run(model, {"x": x}), want):  # qkv is an output too: the Concat restores its layout
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

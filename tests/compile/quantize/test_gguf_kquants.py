@@ -208,3 +208,27 @@ def test_the_real_gemma_gguf_unpacks_exactly():
         np.testing.assert_array_equal(weights.blocks(name).dequantize(), gguf.quants.dequantize(raw, t.tensor_type),
                                       err_msg=name)
     assert seen == {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
+
+
+def test_gemma_llavas_default_int4_is_the_recipes_mixed_gptq():
+    """method auto at int4: the GGUF's own gemma-llava model takes the recipe's mixed GPTQ (recorded as run), other
+    gemma3 models (tiny, LoRA) the precision's default, smol-llava the GGUF's exact blocks."""
+    from types import SimpleNamespace
+
+    from compile.quantize import QuantSpec
+    from compile.quantize.registry import method_name, resolve_spec
+    from compile.recipes import recipe
+
+    gemma = recipe("gemma-llava")
+    own = SimpleNamespace(manifest={"model_type": "gemma-llava",
+                                    "model": {"mlp_weights_sha256": gemma.gguf_mlp_weights_sha256}})
+    spec = resolve_spec(own, QuantSpec("int4"))
+    assert spec.method == "gptq" and spec.exact_modules == gemma.int4_gptq["exact_modules"]
+    assert spec.lm_head_block_size == 64 and "layers.13/mlp/" in spec.exact_modules
+    assert method_name(own, spec) == "gptq" and spec.to_dict()["exact_modules"] == list(spec.exact_modules)
+    assert resolve_spec(own, QuantSpec("int4", method="gguf")).method == "gguf"  # asked for: the exact blocks
+    assert resolve_spec(own, QuantSpec("int8")).method == "auto"
+    tiny = SimpleNamespace(manifest={"model_type": "gemma-llava", "model": {"mlp_weights_sha256": "0" * 64}})
+    assert method_name(tiny, resolve_spec(tiny, QuantSpec("int4"))) == "rtn"
+    smol = SimpleNamespace(manifest={"model_type": "smol-llava", "model": {}})
+    assert method_name(smol, resolve_spec(smol, QuantSpec("int4"))) == "gguf-exact"

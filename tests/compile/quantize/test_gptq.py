@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compile.quantize.gguf import Blocks, matmul_nbits_node
-from compile.quantize.gptq import (DecoderBlocks, gptq_blocks, hessians, minmax_params, quantize_decoder,
-                                   relative_output_error, unpack_matmul_nbits)
+from compile.quantize.gptq import (DecoderBlocks, ExactModules, gptq_blocks, hessians, minmax_params,
+                                   quantize_decoder, relative_output_error, unpack_matmul_nbits)
 from runtime.errors import UserError
 
 
@@ -170,3 +170,72 @@ def test_calibration_prompts_default_per_method():
     assert QuantSpec("int4", method="gptq", calibration_items=8).items_for("gptq") == 8
     with pytest.raises(UserError, match="at least one"):
         QuantSpec("int4", method="gptq", calibration_items=0).check()
+
+
+def _gguf_fixtures():
+    """tests/compile/test_gguf_nbits.py's synthetic Q4_1 GGUF and decoder graph (one llama layer + lm_head)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parents[1] / "test_gguf_nbits.py"
+    spec = importlib.util.spec_from_file_location("gguf_fixtures", path)
+    fx = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
+    if spec.name not in sys.modules:
+        sys.modules[spec.name] = fx
+        spec.loader.exec_module(fx)
+    return fx
+
+
+def test_exact_modules_keep_the_gguf_blocks_and_the_rest_is_gptq(tmp_path: Path):
+    """Mixed precision: the named Linears carry the GGUF's own blocks (Q4_1: 4-bit + block-sum offsets, exactly the
+    float weights), every other Linear GPTQ blocks with integer zero points; DecoderBlocks reads both back (the
+    exact ones with their offsets), so compile.fused puts the same weights into its fused decoder."""
+    import onnxruntime as ort
+
+    from compile.quantize.gguf import GGUFWeights
+
+    fx = _gguf_fixtures()
+    hf = fx.write_gguf(tmp_path / "t.gguf", seed=3)
+    weights = GGUFWeights(tmp_path / "t.gguf")
+    rng = np.random.default_rng(5)
+    feeds = [{"x": rng.normal(size=(1, 3, fx.H)).astype(np.float32)} for _ in range(40)]
+    exact = ExactModules(["self_attn/v_proj", "mlp/down_proj"], weights)
+    out, stats = quantize_decoder(fx.decoder_graph(hf), feeds, accuracy_level=1, exact=exact,
+                                  lm_head_block_size=64)
+    assert stats["exact"]["linears"] == 2 and stats["exact"]["gguf_types"] == {"Q4_1": 2}
+    assert stats["quantized"] == 6 and stats["lm_head_block_size"] == 64
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("MatMulNBits") == 8 and ops.count("MatMul") == 2  # the two exact Linears' offsets MatMuls
+    blocks = DecoderBlocks(out)
+    for name in ("blk.0.attn_v.weight", "blk.0.ffn_down.weight"):
+        np.testing.assert_allclose(blocks.blocks(name).dequantize(), weights.blocks(name).dequantize(), rtol=0,
+                                   atol=1e-6)
+    up = blocks.blocks("blk.0.ffn_up.weight")
+    assert up.zero_points is not None and np.abs(up.dequantize() - hf["mlp/up_proj"]).max() > 1e-3
+    assert blocks.blocks("token_embd.weight").block_size == 64
+    x = rng.normal(size=(1, 3, fx.H)).astype(np.float32)
+    ref = fx.run(fx.decoder_graph(hf), {"x": x})
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got[2], ref[2], rtol=1e-5, atol=1e-5)  # v: the GGUF's weights, float32 compute
+    assert np.abs(got[1] - ref[1]).max() > 1e-4  # k: GPTQ's, not the float weights
+    with pytest.raises(UserError, match="no Linear of the decoder matches --exact-modules nothing"):
+        quantize_decoder(fx.decoder_graph(hf), feeds, exact=ExactModules(["nothing"], weights))
+
+
+def test_exact_modules_refuse_a_foreign_gguf_and_other_methods(tmp_path: Path):
+    from compile.quantize import QuantSpec
+    from compile.quantize.gguf import GGUFWeights
+
+    fx = _gguf_fixtures()
+    hf = fx.write_gguf(tmp_path / "a.gguf", seed=3)
+    fx.write_gguf(tmp_path / "b.gguf", seed=4)
+    feeds = [{"x": np.ones((1, 3, fx.H), np.float32)}]
+    with pytest.raises(UserError, match="not the checkpoint|differ"):
+        quantize_decoder(fx.decoder_graph(hf), feeds,
+                         exact=ExactModules(["self_attn/v_proj"], GGUFWeights(tmp_path / "b.gguf")))
+    with pytest.raises(UserError, match="GPTQ's"):
+        QuantSpec("int4", method="rtn", exact_modules=("self_attn/",)).check()
+    with pytest.raises(UserError, match="GPTQ's"):
+        QuantSpec("int4", method="gguf", lm_head_block_size=64).check()
+    with pytest.raises(UserError, match="16, 32, 64 or 128"):
+        quantize_decoder(fx.decoder_graph(hf), feeds, lm_head_block_size=48)
