@@ -34,8 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-fp32", nargs="*", default=(), help="op types kept in float32 in fp16 graphs")
     p.add_argument("--method", choices=METHOD_CHOICES, default=d.method,
                    help="int4: gguf (exact GGUF blocks), rtn (ORT's quantizer) or gptq (calibrated integer-zero-point "
-                        "blocks, compile.quantize.gptq); auto: gguf for smol-llava and gemma-llava (compile.recipes), "
-                        "rtn otherwise")
+                        "blocks, compile.quantize.gptq); auto: gguf for smol-llava, the recipe's mixed gptq for "
+                        "gemma-llava (compile.recipes), rtn otherwise")
     p.add_argument("--act-order", action="store_true",
                    help="gptq: quantize columns in decreasing order of input activity (static groups)")
     p.add_argument("--exact-modules", nargs="+", default=(), metavar="PATTERN",

@@ -4,6 +4,7 @@ calibration activations, not each weight, stays close (Frantar et al., "GPTQ", 2
     hessians(model, feeds)       X^T X of every MatMul input over the calibration feeds, one pass of the graph
     gptq_blocks(w, h, symmetric) the blocks (compile.quantize.gguf.Blocks: codes, scale, integer zero point) of one
                                  weight [N, K] given its input's Hessian [K, K]
+    ExactModules                 mixed precision: the Linears that keep their GGUF's exact blocks instead
 
 Why this exists beside ORT's RTN: the embedded models' weights are already 4-bit (GGUF Q4_1 / Q4_K blocks with float
 offsets), so rounding them onto MatMulNBits' integer-zero-point grid moves every weight by up to half a step

@@ -8,7 +8,8 @@
 - `static-qdq`: int8 Q/DQ on decoder activations and weights, ranges calibrated on the source bundle;
 - `gguf-exact`: the GGUF's own blocks (compile.quantize.gguf), as MatMulNBits or, for int4-qdq, Q/DQ;
 - `gptq`: int4 MatMulNBits blocks chosen by GPTQ on the bundle's own calibration activations (compile.quantize.gptq),
-  the embedding table as the GGUF's exact 8-bit one where the model has a GGUF, else RTN int4.
+  the embedding table as the GGUF's exact 8-bit one where the model has a GGUF, else RTN int4; with
+  `exact_modules` (mixed precision, gemma-llava's default int4) the named Linears keep the GGUF's exact blocks.
 Each returns the manifest's `precision` record; `method` in it keeps the names bundles have always recorded.
 """
 from __future__ import annotations
