@@ -27,11 +27,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compile.quantize.calibration import calibration_items, decoder_feeds  # noqa: E402
+from compile.quantize.calibration import calibration_items, decoder_feeds, prefill_feed  # noqa: E402
 from compile.quantize.graphs import is_lm_head, load_graph, weight_matmuls  # noqa: E402
 from compile.quantize.gptq import gptq_blocks, hessians  # noqa: E402
 from compile.quantize.spec import CALIBRATION_ITEMS  # noqa: E402
 from compile.quantize.methods import GPTQ_IMAGE_SHARE  # noqa: E402
+from runtime import cli  # noqa: E402
 from runtime.bundle import load_bundle  # noqa: E402
 from runtime.generate import BundleGenerator  # noqa: E402
 from runtime.mmtoxicqa import corpus  # noqa: E402
@@ -76,19 +77,11 @@ def gptq_weights(bundle: Path, cache: Path, head_blocks: set[int]) -> dict[str, 
 
 
 def held_out_feeds(bundle: Path) -> list[tuple[dict, np.ndarray]]:
+    """(prefill feed, token ids) of each held-out corpus paragraph, cut to MAX_TOKENS tokens."""
     gen = BundleGenerator.open(bundle)
-    d, spec = gen.spec.decoder, gen.spec
-    feeds = []
-    for text in corpus.load_corpus(corpus.default_corpus(), n_texts=HELD_OUT[1])[HELD_OUT[0]:]:
-        ids = gen.tokenizer.encode(text)[:MAX_TOKENS]
-        e = gen.prompt_embeds(ids, [])[None]
-        n = len(ids)
-        feed = {d.inputs_embeds: e, d.attention_mask: np.ones((1, n), np.int64),
-                d.position_ids: np.arange(n, dtype=np.int64)[None]}
-        empty = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), dtype=e.dtype)
-        feed.update({name: empty for name in d.past_names(spec.num_layers)})
-        feeds.append((feed, np.asarray(ids)))
-    return feeds
+    texts = corpus.load_corpus(corpus.default_corpus(), n_texts=HELD_OUT[1])[HELD_OUT[0]:]
+    ids = [gen.tokenizer.encode(text)[:MAX_TOKENS] for text in texts]
+    return [(prefill_feed(gen, i, []), np.asarray(i)) for i in ids]
 
 
 def mean_nll(path: str, logits: str, feeds: list, overrides: dict[str, Path]) -> float:
@@ -115,19 +108,20 @@ def mean_nll(path: str, logits: str, feeds: list, overrides: dict[str, Path]) ->
 def parse_variant(text: str) -> tuple[str, tuple[str, ...], int]:
     name, _, rest = text.partition("=")
     rest, _, head = rest.partition("@")
-    if not name or not (rest or head):
-        raise SystemExit(f"--variant {text!r}: expected NAME=PATTERN[,PATTERN...][@HEAD_BLOCK]")
+    if not name or not (rest or head) or head not in ("", "16", "32", "64", "128"):
+        raise SystemExit(f"--variant {text!r}: expected NAME=PATTERN[,PATTERN...][@HEAD_BLOCK], HEAD_BLOCK 16, 32, 64 "
+                         "or 128")
     return name, tuple(p for p in rest.split(",") if p), int(head or 32)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, type=Path, help="float32 bundle (its standard decoder is scored)")
     p.add_argument("--cache", required=True, type=Path, help="directory for the Hessians and GPTQ weights")
     p.add_argument("--variant", action="append", default=[], help="NAME=PATTERN[,PATTERN...][@HEAD_BLOCK]")
     p.add_argument("--groups", action="store_true", help="add all-but-one-module-type and all-but-one-layer rows")
     p.add_argument("--json", type=Path)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
     weights = gptq_weights(args.bundle, args.cache, {32} | {v[2] for v in variants})
     feeds = held_out_feeds(args.bundle)
@@ -161,4 +155,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -3,16 +3,17 @@
     python -m compile.quantize --bundle build/bundle --out build/bundle-int4 --precision int4
 
 Precisions (the source must be a float32 bundle from compile.export):
-- int4, method gguf (auto for smol-llava, whose language model is a Q4_1 GGUF, and for gemma-llava, a Q4_K_M
+- int4, method gguf (auto for smol-llava, whose language model is a Q4_1 GGUF; asked for on gemma-llava, a Q4_K_M
   GGUF, when the bundle holds that GGUF's weights): the GGUF's own blocks as MatMulNBits / GatherBlockQuantized,
   exact (compile.quantize.gguf; Q4_K 4-bit, Q5_0 / Q6_K / Q8_0 8-bit); a folded bundle's factors go into the scales;
 - int4, method rtn (auto for other models): decoder MatMuls -> MatMulNBits via ORT's quantizer (4-bit blocks of
   `block_size` along the input dimension, asymmetric, `accuracy_level` 4 = int8 activations inside the kernel),
   lm_head included unless --no-lm-head, the embedding table -> GatherBlockQuantized unless --no-embeddings;
-- int4, method gptq (asked for): decoder MatMuls -> 4-bit MatMulNBits blocks of 32 with integer zero points, the
-  codes chosen by GPTQ on the bundle's own calibration activations (compile.quantize.gptq; 128 prompts by
-  default), the embedding table as the GGUF's exact 8-bit one where the model has a GGUF. onnxruntime-genai's
-  speed (its int4 form), but outside the perplexity gate on the embedded models (docs/quantization.md);
+- int4, method gptq: decoder MatMuls -> 4-bit MatMulNBits blocks of 32 with integer zero points, the codes chosen
+  by GPTQ on the bundle's own calibration activations (compile.quantize.gptq; 128 prompts by default), the
+  embedding table as the GGUF's exact 8-bit one where the model has a GGUF; `exact_modules` keep the GGUF's exact
+  blocks for the Linears they name (mixed precision: auto for gemma-llava's own weights, with its recipe's
+  modules, compile.recipes; onnxruntime-genai's speed within the gate, docs/quantization.md "Mixed GPTQ");
 - int8: decoder MatMuls -> MatMulNBits with 8-bit blocks (weight-only, the default), or quantize_dynamic
   per-channel with reduce_range (--int8-mode dynamic; the AVX2-without-VNNI caveat of FACTS.md);
 - fp16: all three graphs in float16 (TensorRT / CUDA);

@@ -27,19 +27,20 @@ def calibration_items(n_images: int = 8, n_texts: int = 8) -> list[CheckItem]:
     return items + [CheckItem(t) for t in texts[:n_texts]]
 
 
-def decoder_feeds(bundle_dir: str | os.PathLike, items: list[CheckItem], threads: int | None = None) -> list[dict[str, Any]]:
-    """One prefill feed of the decoder per item: inputs_embeds, mask, positions and empty past key/values."""
-    gen = BundleGenerator.open(bundle_dir, threads=threads)
+def prefill_feed(gen: BundleGenerator, ids: list[int], images: list[Any]) -> dict[str, Any]:
+    """The standard decoder's feed for one prompt from scratch: inputs_embeds, mask, positions, empty past."""
     spec = gen.spec
     d = spec.decoder
-    feeds = []
-    for item in items:
-        ids = item_ids(gen, item)
-        embeds = gen.prompt_embeds(ids, [item.image] if item.image is not None else [])[None]
-        n = len(ids)
-        feed = {d.inputs_embeds: embeds, d.attention_mask: np.ones((1, n), np.int64),
-                d.position_ids: np.arange(n, dtype=np.int64)[None]}
-        empty = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), dtype=embeds.dtype)
-        feed.update({name: empty for name in d.past_names(spec.num_layers)})
-        feeds.append(feed)
-    return feeds
+    embeds = gen.prompt_embeds(ids, images)[None]
+    n = len(ids)
+    feed = {d.inputs_embeds: embeds, d.attention_mask: np.ones((1, n), np.int64),
+            d.position_ids: np.arange(n, dtype=np.int64)[None]}
+    empty = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), dtype=embeds.dtype)
+    feed.update({name: empty for name in d.past_names(spec.num_layers)})
+    return feed
+
+
+def decoder_feeds(bundle_dir: str | os.PathLike, items: list[CheckItem], threads: int | None = None) -> list[dict[str, Any]]:
+    """One prefill feed of the decoder per item (prefill_feed)."""
+    gen = BundleGenerator.open(bundle_dir, threads=threads)
+    return [prefill_feed(gen, item_ids(gen, item), [item.image] if item.image is not None else []) for item in items]

@@ -28,6 +28,7 @@ from onnx import numpy_helper
 
 from compile.quantize.gguf import QK, Blocks
 from compile.quantize.graphs import OFFSETS_SUFFIX, is_lm_head, weight_matmuls
+from compile.quantize.spec import LM_HEAD_BLOCK_SIZES
 from runtime.errors import UserError
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (the paper's percdamp)
@@ -189,8 +190,8 @@ def quantize_decoder(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     if not targets:
         raise UserError("the decoder has no MatMul with a constant weight to quantize")
     inits = {t.name: t for t in graph.initializer}
-    if lm_head_block_size not in (16, 32, 64, 128):
-        raise UserError(f"the lm_head's GPTQ blocks are 16, 32, 64 or 128 weights, not {lm_head_block_size}")
+    if lm_head_block_size not in LM_HEAD_BLOCK_SIZES:
+        raise UserError(f"the lm_head's GPTQ blocks are {LM_HEAD_BLOCK_SIZES} weights, not {lm_head_block_size}")
     block = {n.name: lm_head_block_size if is_lm_head(n.name) else QK for n in linears}
     odd = [n.name for n in linears if n.name in targets and inits[n.input[1]].dims[0] % block[n.name]]
     if odd:

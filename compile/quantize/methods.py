@@ -141,11 +141,12 @@ class GPTQ(_Recorded):
         s = self.spec
         if s.block_size != 32:
             raise UserError(f"GPTQ writes blocks of 32 (got --block-size {s.block_size})")
+        exact = self._exact(src)  # refused before the calibration pass
         items = s.items_for(self.name)
         n_img = items // GPTQ_IMAGE_SHARE
         feeds = decoder_feeds(src.root, calibration_items(n_img, items - n_img))
         model, stats = quantize_decoder(load_graph(src.graph_path("decoder")), feeds, s.accuracy_level, s.symmetric,
-                                        s.lm_head, act_order=s.act_order, exact=self._exact(src),
+                                        s.lm_head, act_order=s.act_order, exact=exact,
                                         lm_head_block_size=s.lm_head_block_size)
         graphs = {"decoder": {**stats, **_rewrite(src, out, "decoder", model)}}
         if s.embeddings:

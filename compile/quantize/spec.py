@@ -17,6 +17,7 @@ GGUF_PRECISIONS = ("int4", "int4-qdq")
 # calibration prompts by default: static int8 ranges settle with few; GPTQ's Hessians need more tokens than the
 # widest input (1536 / 2048 features) to generalise to the perplexity corpus (docs/quantization.md)
 CALIBRATION_ITEMS = {"static-qdq": 16, "gptq": 128}
+LM_HEAD_BLOCK_SIZES = (16, 32, 64, 128)  # method gptq: the lm_head's block sizes MatMulNBits takes
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class QuantSpec:
             raise UserError("--act-order is GPTQ's (--method gptq)")
         if (self.exact_modules or self.lm_head_block_size != 32) and self.method != "gptq":
             raise UserError("--exact-modules / --lm-head-block-size are GPTQ's (--method gptq)")
+        if self.lm_head_block_size not in LM_HEAD_BLOCK_SIZES:
+            raise UserError(f"--lm-head-block-size must be one of {LM_HEAD_BLOCK_SIZES}, got {self.lm_head_block_size}")
         if (self.gguf_zero_points, self.gguf_lm_head) != ("exact", "q8"):
             from compile.quantize.gguf import Approximation
 

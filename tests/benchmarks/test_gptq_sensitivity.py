@@ -19,8 +19,9 @@ def test_variant_syntax():
     assert sens.parse_variant("a=self_attn/k_proj,layers.0/@64") == ("a", ("self_attn/k_proj", "layers.0/"), 64)
     assert sens.parse_variant("b=mlp/") == ("b", ("mlp/",), 32)
     assert sens.parse_variant("head only=@128") == ("head only", (), 128)
-    with pytest.raises(SystemExit, match="expected NAME=PATTERN"):
-        sens.parse_variant("nothing")
+    for bad in ("nothing", "a=mlp/@48", "a=mlp/@x"):
+        with pytest.raises(SystemExit, match="expected NAME=PATTERN"):
+            sens.parse_variant(bad)
 
 
 def test_mean_nll_scores_the_overridden_weights(tmp_path: Path):

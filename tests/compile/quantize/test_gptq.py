@@ -237,5 +237,7 @@ def test_exact_modules_refuse_a_foreign_gguf_and_other_methods(tmp_path: Path):
         QuantSpec("int4", method="rtn", exact_modules=("self_attn/",)).check()
     with pytest.raises(UserError, match="GPTQ's"):
         QuantSpec("int4", method="gguf", lm_head_block_size=64).check()
-    with pytest.raises(UserError, match="16, 32, 64 or 128"):
+    with pytest.raises(UserError, match=r"\(16, 32, 64, 128\) weights, not 48"):
         quantize_decoder(fx.decoder_graph(hf), feeds, lm_head_block_size=48)
+    with pytest.raises(UserError, match="--lm-head-block-size must be one of"):
+        QuantSpec("int4", method="gptq", lm_head_block_size=48).check()
